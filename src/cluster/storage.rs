@@ -1,0 +1,167 @@
+//! Reading Helm's release storage from the API: record metadata by label (no payloads), and
+//! the payload of exactly the revision a check needs.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ListParams};
+use kube::Client;
+
+use crate::helm::storage::{OWNER_SELECTOR, RecordMetaError, SECRET_TYPE};
+use crate::helm::{DecodeError, Driver, RecordMeta, Release, decode_release};
+
+/// Why release storage could not be read. Each error names the object or scope it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("listing Helm release {driver}s in {scope}: {source}")]
+    List {
+        driver: Driver,
+        scope: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading {driver} {namespace}/{name}: {source}")]
+    Get {
+        driver: Driver,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{driver} {namespace}/{name} has no data.release")]
+    NoPayload { driver: Driver, namespace: String, name: String },
+    #[error("decoding {driver} {namespace}/{name}: {source}")]
+    Decode {
+        driver: Driver,
+        namespace: String,
+        name: String,
+        #[source]
+        source: DecodeError,
+    },
+}
+
+impl StorageError {
+    /// True when the API refused for lack of permission (a namespace the caller may not read).
+    pub fn is_forbidden(&self) -> bool {
+        match self {
+            StorageError::List { source, .. } | StorageError::Get { source, .. } => {
+                matches!(source, kube::Error::Api(s) if s.code == 403)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a listing found: records, objects that look like storage but are not usable records,
+/// and drivers/scopes that could not be listed at all.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub records: Vec<RecordMeta>,
+    pub malformed: Vec<RecordMetaError>,
+    pub errors: Vec<StorageError>,
+}
+
+/// Helm's release storage (both drivers) as seen through one client.
+#[derive(Clone)]
+pub struct ReleaseStore {
+    client: Client,
+}
+
+const PAGE: u32 = 500;
+
+impl ReleaseStore {
+    pub fn new(client: Client) -> Self {
+        ReleaseStore { client }
+    }
+
+    /// Lists release records in one namespace or all (`None`), metadata only. A driver that
+    /// cannot be listed (forbidden, say) is reported in `errors`; the other still is.
+    pub async fn list(&self, namespace: Option<&str>) -> Listing {
+        let scope = namespace.map_or_else(|| "all namespaces".to_string(), |n| format!("namespace {n}"));
+        let mut out = Listing::default();
+        let secrets: Api<Secret> = self.api(namespace);
+        let lp = ListParams::default().labels(OWNER_SELECTOR).fields(&format!("type={SECRET_TYPE}"));
+        match list_all(&secrets, lp).await {
+            Ok(metas) => collect(Driver::Secret, metas, Some(SECRET_TYPE), &mut out),
+            Err(source) => out.errors.push(StorageError::List { driver: Driver::Secret, scope: scope.clone(), source }),
+        }
+        let cms: Api<ConfigMap> = self.api(namespace);
+        match list_all(&cms, ListParams::default().labels(OWNER_SELECTOR)).await {
+            Ok(metas) => collect(Driver::ConfigMap, metas, None, &mut out),
+            Err(source) => out.errors.push(StorageError::List { driver: Driver::ConfigMap, scope, source }),
+        }
+        out
+    }
+
+    /// Reads and decodes one record.
+    pub async fn fetch(&self, record: &RecordMeta) -> Result<Release, StorageError> {
+        let payload = self.fetch_payload(record).await?;
+        decode_release(&payload).map_err(|source| StorageError::Decode {
+            driver: record.driver,
+            namespace: record.namespace.clone(),
+            name: record.object_name.clone(),
+            source,
+        })
+    }
+
+    /// The raw `data.release` of a record (Helm's base64 text).
+    pub async fn fetch_payload(&self, record: &RecordMeta) -> Result<Vec<u8>, StorageError> {
+        let get_err = |source| StorageError::Get {
+            driver: record.driver,
+            namespace: record.namespace.clone(),
+            name: record.object_name.clone(),
+            source,
+        };
+        let payload = match record.driver {
+            Driver::Secret => {
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), &record.namespace);
+                let s = api.get(&record.object_name).await.map_err(get_err)?;
+                s.data.and_then(|mut d| d.remove("release")).map(|b| b.0)
+            }
+            Driver::ConfigMap => {
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &record.namespace);
+                let c = api.get(&record.object_name).await.map_err(get_err)?;
+                c.data.and_then(|mut d| d.remove("release")).map(String::into_bytes)
+            }
+        };
+        payload.ok_or_else(|| StorageError::NoPayload {
+            driver: record.driver,
+            namespace: record.namespace.clone(),
+            name: record.object_name.clone(),
+        })
+    }
+
+    fn api<K>(&self, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+}
+
+async fn list_all<K>(api: &Api<K>, lp: ListParams) -> Result<Vec<kube::core::PartialObjectMeta<K>>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut lp = lp.limit(PAGE);
+    let mut items = Vec::new();
+    loop {
+        let page = api.list_metadata(&lp).await?;
+        items.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => lp = lp.continue_token(&token),
+            _ => return Ok(items),
+        }
+    }
+}
+
+fn collect<K>(driver: Driver, metas: Vec<kube::core::PartialObjectMeta<K>>, secret_type: Option<&str>, out: &mut Listing) {
+    for m in metas {
+        match RecordMeta::from_metadata(driver, &m.metadata, secret_type) {
+            Ok(r) => out.records.push(r),
+            Err(e) => out.malformed.push(e),
+        }
+    }
+}

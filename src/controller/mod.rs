@@ -1,0 +1,1 @@
+//! `driftwatch run`: watches, reconcile, status writes, Events, leader gating.

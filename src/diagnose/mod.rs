@@ -1,0 +1,1 @@
+//! Classification of failed and stuck releases (pure) over evidence gathered by `cluster`.

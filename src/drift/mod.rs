@@ -1,0 +1,1 @@
+//! The pure drift engine: normalise, compare, ignore rules, managedFields attribution.

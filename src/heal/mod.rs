@@ -1,0 +1,1 @@
+//! Heal planning (pure) and execution.

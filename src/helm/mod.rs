@@ -1,0 +1,11 @@
+//! Helm's release storage, read exactly as Helm writes it: record discovery from labels
+//! (`storage`), decoding of one record (`release`), and manifest splitting (`manifest`).
+//! All of it is pure: bytes and metadata in, typed values out.
+
+pub mod manifest;
+pub mod release;
+pub mod storage;
+
+pub use manifest::{DesiredObject, ManifestError, split_manifest};
+pub use release::{ApplyMethod, DecodeError, Release, ReleaseStatus, decode_release};
+pub use storage::{Driver, RecordMeta, ReleaseHistory, group_releases};

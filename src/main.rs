@@ -1,0 +1,204 @@
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Is each Helm release what Helm thinks is deployed? Which field differs, who changed it,
+/// when — and put it back when asked.
+#[derive(Parser, Debug)]
+#[command(name = "driftwatch", version, about, long_about = None, bin_name = "driftwatch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CheckOutput {
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum InventoryOutput {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller: watch policies and releases, write DriftReports, heal on request
+    Run {
+        #[arg(long, default_value = ":8080")]
+        metrics_addr: String,
+        #[arg(long, default_value = ":8081")]
+        health_addr: String,
+        #[arg(long)]
+        leader_elect: bool,
+        /// Namespaces whose DriftPolicies may select releases in other namespaces
+        #[arg(long, value_delimiter = ',')]
+        cluster_policy_namespaces: Vec<String>,
+        /// Only watch these namespaces (default: all)
+        #[arg(long, value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// One-shot drift check of a release, a namespace or the whole cluster
+    Check {
+        /// Release name (default: every release in scope)
+        release: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Compare against this revision instead of the newest deployed one
+        #[arg(long)]
+        revision: Option<u32>,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: CheckOutput,
+        /// Exit 2 when drift is found
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Ignore a path, as KIND:POINTER (e.g. Deployment:/spec/replicas); repeatable
+        #[arg(long)]
+        ignore_path: Vec<String>,
+        /// Only list the releases found in Helm's storage (like `helm list --all`), read by
+        /// Driftwatch's own decoder; no drift check
+        #[arg(long)]
+        list: bool,
+    },
+    /// Health, history and failure diagnosis of one release
+    Diagnose {
+        release: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Releases across clusters: chart versions, status, last deployed
+    Inventory {
+        #[arg(long)]
+        context: Vec<String>,
+        #[arg(long)]
+        all_contexts: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: InventoryOutput,
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, value_name = "DURATION")]
+        stale: Option<String>,
+        #[arg(long)]
+        skew: bool,
+    },
+    /// Print the CustomResourceDefinitions (crds/ holds this output)
+    Crdgen,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            // The outermost context says what failed, the root cause why; the layers in
+            // between (kube's config inference) repeat each other.
+            let root = e.root_cause().to_string();
+            if root == e.to_string() {
+                eprintln!("driftwatch: error: {e}");
+            } else {
+                eprintln!("driftwatch: error: {e}: {root}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    let name = match command {
+        Command::Check { list: true, namespace, all_namespaces, release, output, .. } => {
+            return list(namespace, all_namespaces, release, output).await;
+        }
+        Command::Run { .. } => "run",
+        Command::Check { .. } => "check (drift)",
+        Command::Diagnose { .. } => "diagnose",
+        Command::Inventory { .. } => "inventory",
+        Command::Crdgen => "crdgen",
+    };
+    eprintln!("driftwatch: `{name}` is not built yet (see the open issues)");
+    Ok(ExitCode::from(1))
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+async fn client() -> anyhow::Result<kube::Client> {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let default_kubeconfig = std::env::home_dir().map(|h| h.join(".kube/config"));
+    if !in_cluster && std::env::var_os("KUBECONFIG").is_none() && !default_kubeconfig.as_ref().is_some_and(|p| p.exists()) {
+        anyhow::bail!(
+            "no cluster to talk to: KUBECONFIG is not set, ~/.kube/config does not exist, and this is not a pod \
+             (for the local control plane: eval \"$(tests/cluster/env)\")"
+        );
+    }
+    let source = std::env::var("KUBECONFIG").map_or_else(|_| "the default kubeconfig".to_string(), |k| format!("KUBECONFIG={k}"));
+    kube::Client::try_default()
+        .await
+        .with_context(|| format!("cannot build a Kubernetes client from {source}"))
+}
+
+/// The namespace from `-n`, else the kubeconfig context's, like kubectl; None with `-A`.
+async fn scope(namespace: Option<String>, all: bool) -> anyhow::Result<Option<String>> {
+    if all {
+        return Ok(None);
+    }
+    if let Some(ns) = namespace {
+        return Ok(Some(ns));
+    }
+    let config = kube::Config::infer().await.context("reading the kubeconfig")?;
+    Ok(Some(config.default_namespace))
+}
+
+async fn list(
+    namespace: Option<String>,
+    all: bool,
+    release: Option<String>,
+    output: CheckOutput,
+) -> anyhow::Result<ExitCode> {
+    let ns = scope(namespace, all).await?;
+    let store = driftwatch::cluster::ReleaseStore::new(client().await?);
+    let mut found = driftwatch::cli::list::list_releases(&store, ns.as_deref()).await;
+    if let Some(name) = &release {
+        found.releases.retain(|r| &r.name == name);
+    }
+    let doc = serde_json::json!({"releases": found.releases});
+    let text = match output {
+        CheckOutput::Text if found.releases.is_empty() && !found.nothing_readable => {
+            let where_ = ns.map_or_else(|| "any namespace".to_string(), |n| format!("namespace {n}"));
+            format!("No Helm releases found in {where_}.\n")
+        }
+        CheckOutput::Text => driftwatch::cli::list::render_table(&found.releases),
+        CheckOutput::Json => serde_json::to_string_pretty(&doc)? + "\n",
+        CheckOutput::Yaml => serde_saphyr::to_string(&doc)?,
+    };
+    if !found.releases.is_empty() || !found.nothing_readable {
+        emit(&text)?;
+    }
+    for p in &found.problems {
+        eprintln!("warning: {p}");
+    }
+    Ok(if found.nothing_readable { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

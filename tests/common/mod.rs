@@ -1,0 +1,151 @@
+//! What every end-to-end test needs: a client for the local control plane (started by
+//! `tests/cluster/up`, or by `make test`), the real helm binaries, and a throw-away namespace.
+//! A test that cannot reach the control plane fails and says how to start it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, Config};
+
+const HOW_TO_START: &str = "start the local control plane first: `make test` does it all, or \
+    `tests/cluster/up && eval \"$(tests/cluster/env)\"` in this shell";
+
+/// Helm's major version: the two CLIs are tested side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Helm {
+    V3,
+    V4,
+}
+
+impl Helm {
+    pub const ALL: [Helm; 2] = [Helm::V3, Helm::V4];
+
+    pub fn binary(self) -> PathBuf {
+        let var = match self {
+            Helm::V3 => "DRIFTWATCH_HELM3",
+            Helm::V4 => "DRIFTWATCH_HELM4",
+        };
+        let path = std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("{var} is not set; {HOW_TO_START}"));
+        assert!(path.is_file(), "{var}={} does not exist; run tests/cluster/build-tools", path.display());
+        path
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Helm::V3 => "h3",
+            Helm::V4 => "h4",
+        }
+    }
+
+    /// Runs helm with the given arguments; returns its output whatever the exit status.
+    pub fn run(self, args: &[&str]) -> Output {
+        Command::new(self.binary())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("could not run helm {self:?}: {e}"))
+    }
+
+    /// Runs helm and fails the test, with helm's own words, when it fails.
+    pub fn ok(self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "helm ({self:?}) {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn chart(name: &str) -> String {
+    repo_root().join("tests/charts").join(name).display().to_string()
+}
+
+/// A pinned version from tests/cluster/versions.env.
+pub fn pinned(key: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join("tests/cluster/versions.env")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} missing from versions.env"))
+        .trim()
+        .to_string()
+}
+
+/// A client for the local control plane; panics with instructions if it is not reachable.
+pub async fn client() -> Client {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        panic!("KUBECONFIG is not set; {HOW_TO_START}");
+    }
+    let config = Config::infer()
+        .await
+        .unwrap_or_else(|e| panic!("cannot load KUBECONFIG: {e}; {HOW_TO_START}"));
+    let client = Client::try_from(config).expect("client from kubeconfig");
+    if let Err(e) = client.apiserver_version().await {
+        panic!("the control plane is not reachable ({e}); {HOW_TO_START}");
+    }
+    client
+}
+
+pub fn kubectl(args: &[&str]) -> String {
+    let out = Command::new("kubectl").args(args).output().expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A namespace of one test, deleted (with everything in it) when the test ends.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"driftwatch.io/test": "true"}}
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Blocking on purpose: Drop cannot await, and kubectl does not need the runtime.
+        let _ = Command::new("kubectl")
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .output();
+    }
+}
+
+/// Deletes a namespace through the API (for tests that want to wait on it).
+pub async fn delete_namespace(client: &Client, name: &str) {
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}

@@ -6,6 +6,9 @@ pub mod manifest;
 pub mod release;
 pub mod storage;
 
+#[cfg(test)]
+mod mutations;
+
 pub use manifest::{DesiredObject, ManifestError, split_manifest};
 pub use release::{ApplyMethod, DecodeError, Release, ReleaseStatus, decode_release};
 pub use storage::{Driver, RecordMeta, ReleaseHistory, group_releases};

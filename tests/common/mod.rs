@@ -45,15 +45,25 @@ impl Helm {
 
     /// Runs helm with the given arguments; returns its output whatever the exit status.
     pub fn run(self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    /// Runs helm with extra environment (`HELM_DRIVER`, say).
+    pub fn run_env(self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(self.binary())
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .unwrap_or_else(|e| panic!("could not run helm {self:?}: {e}"))
     }
 
     /// Runs helm and fails the test, with helm's own words, when it fails.
     pub fn ok(self, args: &[&str]) -> String {
-        let out = self.run(args);
+        self.ok_env(args, &[])
+    }
+
+    pub fn ok_env(self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let out = self.run_env(args, env);
         assert!(
             out.status.success(),
             "helm ({self:?}) {} failed: {}{}",

@@ -1,0 +1,260 @@
+//! What the API's schema says about a field: how a list is merged (by key, as a set, or as a
+//! whole) and whether a value is a `Quantity`. Read from the OpenAPI v3 document the API server
+//! publishes per group-version (which carries built-in types' list keys and CRDs' structural
+//! schemas alike), walked lazily along the path a comparison needs.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// How a list is compared and owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListType {
+    /// Items matched by these key fields (`x-kubernetes-list-type: map` or a patch merge key).
+    Map(Vec<String>),
+    /// Scalar items compared as a set.
+    Set,
+    /// The whole list is one value.
+    Atomic,
+    /// The schema does not say; compared item by item, by position.
+    Unknown,
+}
+
+/// One step of a schema path: a field name, or "any item of the list / value of the map".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step<'a> {
+    Field(&'a str),
+    Item,
+}
+
+/// What the comparison asks of a schema.
+pub trait Schema: Send + Sync {
+    fn list_type(&self, path: &[Step]) -> ListType;
+    fn is_quantity(&self, path: &[Step]) -> bool;
+}
+
+const QUANTITY_REF: &str = "io.k8s.apimachinery.pkg.api.resource.Quantity";
+
+/// A kind's schema from an OpenAPI v3 document (`components.schemas`), rooted at the
+/// definition whose `x-kubernetes-group-version-kind` matches.
+#[derive(Clone, Debug)]
+pub struct OpenApiSchema {
+    components: Arc<Map<String, Value>>,
+    root: Value,
+}
+
+impl OpenApiSchema {
+    /// The schema of `group/version, kind` in a group-version's OpenAPI v3 document.
+    pub fn for_kind(document: &Value, group: &str, version: &str, kind: &str) -> Option<Self> {
+        let components = document.pointer("/components/schemas")?.as_object()?;
+        let root = components.values().find(|def| {
+            def.get("x-kubernetes-group-version-kind")
+                .and_then(Value::as_array)
+                .is_some_and(|gvks| {
+                    gvks.iter().any(|g| {
+                        g["group"].as_str().unwrap_or("") == group
+                            && g["version"].as_str() == Some(version)
+                            && g["kind"].as_str() == Some(kind)
+                    })
+                })
+        })?;
+        Some(OpenApiSchema { components: Arc::new(components.clone()), root: root.clone() })
+    }
+
+    /// A schema from a bare JSON schema (a CRD's `openAPIV3Schema`; no `$ref`s).
+    pub fn from_json_schema(schema: Value) -> Self {
+        OpenApiSchema { components: Arc::new(Map::new()), root: schema }
+    }
+
+    /// Resolves `$ref` and single-element `allOf` wrappers.
+    fn resolve<'a>(&'a self, mut node: &'a Value) -> &'a Value {
+        for _ in 0..16 {
+            if let Some(r) = node.get("$ref").and_then(Value::as_str) {
+                match self.components.get(r.rsplit('/').next().unwrap_or(r)) {
+                    Some(target) => node = target,
+                    None => return node,
+                }
+            } else if let Some([only]) = node.get("allOf").and_then(Value::as_array).map(Vec::as_slice) {
+                node = only;
+            } else {
+                return node;
+            }
+        }
+        node
+    }
+
+    fn is_ref_to(node: &Value, name: &str) -> bool {
+        let direct = node.get("$ref").and_then(Value::as_str).is_some_and(|r| r.ends_with(name));
+        let wrapped = node
+            .get("allOf")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|n| n.get("$ref").and_then(Value::as_str).is_some_and(|r| r.ends_with(name))));
+        direct || wrapped
+    }
+
+    /// The raw (unresolved) node at a path, so that `$ref` names stay visible.
+    fn node(&self, path: &[Step]) -> Option<&Value> {
+        let mut node = &self.root;
+        for step in path {
+            let resolved = self.resolve(node);
+            node = match step {
+                Step::Field(name) => resolved
+                    .get("properties")
+                    .and_then(|p| p.get(*name))
+                    .or_else(|| resolved.get("additionalProperties").filter(|a| a.is_object()))?,
+                Step::Item => resolved
+                    .get("items")
+                    .or_else(|| resolved.get("additionalProperties").filter(|a| a.is_object()))?,
+            };
+        }
+        Some(node)
+    }
+}
+
+impl Schema for OpenApiSchema {
+    fn list_type(&self, path: &[Step]) -> ListType {
+        let Some(node) = self.node(path) else { return builtin_list_type(path) };
+        let node = self.resolve(node);
+        let keys = |k: &str| -> Option<Vec<String>> {
+            Some(node.get(k)?.as_array()?.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        };
+        match node.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("map") => keys("x-kubernetes-list-map-keys").map_or(ListType::Unknown, ListType::Map),
+            Some("set") => ListType::Set,
+            Some("atomic") => ListType::Atomic,
+            _ => match node.get("x-kubernetes-patch-merge-key").and_then(Value::as_str) {
+                Some(k) => ListType::Map(vec![k.to_string()]),
+                None => builtin_list_type(path),
+            },
+        }
+    }
+
+    fn is_quantity(&self, path: &[Step]) -> bool {
+        match self.node(path) {
+            Some(node) => {
+                Self::is_ref_to(node, QUANTITY_REF)
+                    || self.resolve(node).get("x-kubernetes-int-or-string").is_some_and(|v| v == true)
+                        && looks_like_resources(path)
+            }
+            None => looks_like_resources(path),
+        }
+    }
+}
+
+/// No schema at all: the patch merge keys of the built-in types Helm charts use most, by the
+/// field's name and parent, and quantities under the usual resource fields.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuiltinSchema;
+
+impl Schema for BuiltinSchema {
+    fn list_type(&self, path: &[Step]) -> ListType {
+        builtin_list_type(path)
+    }
+    fn is_quantity(&self, path: &[Step]) -> bool {
+        looks_like_resources(path)
+    }
+}
+
+fn builtin_list_type(path: &[Step]) -> ListType {
+    let names: Vec<&str> = path
+        .iter()
+        .filter_map(|s| match s {
+            Step::Field(f) => Some(*f),
+            Step::Item => None,
+        })
+        .collect();
+    let map = |keys: &[&str]| ListType::Map(keys.iter().map(|k| k.to_string()).collect());
+    match names.as_slice() {
+        [.., "containers" | "initContainers" | "ephemeralContainers", "ports"] => map(&["containerPort", "protocol"]),
+        [.., "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets"] => map(&["name"]),
+        [.., "volumeMounts"] => map(&["mountPath"]),
+        [.., "volumeDevices"] => map(&["devicePath"]),
+        ["spec", "ports"] => map(&["port", "protocol"]),
+        [.., "hostAliases"] => map(&["ip"]),
+        [.., "finalizers"] => ListType::Set,
+        _ => ListType::Unknown,
+    }
+}
+
+fn looks_like_resources(path: &[Step]) -> bool {
+    let names: Vec<&str> = path
+        .iter()
+        .filter_map(|s| match s {
+            Step::Field(f) => Some(*f),
+            Step::Item => None,
+        })
+        .collect();
+    matches!(
+        names.as_slice(),
+        [.., "limits" | "requests" | "capacity" | "allocatable" | "hard" | "used", _]
+            | [.., "emptyDir", "sizeLimit"]
+            | [.., "overhead", _]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc() -> Value {
+        json!({"components": {"schemas": {
+            "io.k8s.api.apps.v1.Deployment": {
+                "x-kubernetes-group-version-kind": [{"group": "apps", "version": "v1", "kind": "Deployment"}],
+                "properties": {"spec": {"allOf": [{"$ref": "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"}]}}
+            },
+            "io.k8s.api.apps.v1.DeploymentSpec": {"properties": {
+                "template": {"$ref": "#/components/schemas/io.k8s.api.core.v1.PodTemplateSpec"}}},
+            "io.k8s.api.core.v1.PodTemplateSpec": {"properties": {"spec": {"$ref": "#/components/schemas/io.k8s.api.core.v1.PodSpec"}}},
+            "io.k8s.api.core.v1.PodSpec": {"properties": {
+                "containers": {"type": "array", "items": {"$ref": "#/components/schemas/io.k8s.api.core.v1.Container"},
+                               "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+                "tolerations": {"type": "array", "x-kubernetes-list-type": "atomic", "items": {}}}},
+            "io.k8s.api.core.v1.Container": {"properties": {
+                "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["containerPort", "protocol"], "items": {}},
+                "env": {"type": "array", "x-kubernetes-patch-merge-key": "name", "items": {}},
+                "resources": {"properties": {"limits": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.api.resource.Quantity"}}}}}},
+            "io.k8s.apimachinery.pkg.api.resource.Quantity": {"type": "string"}
+        }}})
+    }
+
+    #[test]
+    fn walks_refs_and_reads_list_types() {
+        let s = OpenApiSchema::for_kind(&doc(), "apps", "v1", "Deployment").unwrap();
+        use Step::*;
+        let pod = [Field("spec"), Field("template"), Field("spec")];
+        let at = |rest: &[Step<'static>]| [&pod[..], rest].concat();
+        assert_eq!(s.list_type(&at(&[Field("containers")])), ListType::Map(vec!["name".into()]));
+        assert_eq!(s.list_type(&at(&[Field("tolerations")])), ListType::Atomic);
+        assert_eq!(
+            s.list_type(&at(&[Field("containers"), Item, Field("ports")])),
+            ListType::Map(vec!["containerPort".into(), "protocol".into()])
+        );
+        assert_eq!(s.list_type(&at(&[Field("containers"), Item, Field("env")])), ListType::Map(vec!["name".into()]));
+        assert!(s.is_quantity(&at(&[Field("containers"), Item, Field("resources"), Field("limits"), Field("memory")])));
+        assert!(!s.is_quantity(&at(&[Field("containers"), Item, Field("name")])));
+        assert!(OpenApiSchema::for_kind(&doc(), "apps", "v1", "StatefulSet").is_none());
+    }
+
+    #[test]
+    fn crd_schemas_need_no_refs() {
+        let s = OpenApiSchema::from_json_schema(json!({"properties": {"spec": {"properties": {
+            "parts": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+            "tags": {"type": "array", "x-kubernetes-list-type": "set"}}}}}));
+        assert_eq!(s.list_type(&[Step::Field("spec"), Step::Field("parts")]), ListType::Map(vec!["name".into()]));
+        assert_eq!(s.list_type(&[Step::Field("spec"), Step::Field("tags")]), ListType::Set);
+    }
+
+    #[test]
+    fn builtin_fallback() {
+        use Step::*;
+        let b = BuiltinSchema;
+        assert_eq!(b.list_type(&[Field("spec"), Field("ports")]), ListType::Map(vec!["port".into(), "protocol".into()]));
+        assert_eq!(
+            b.list_type(&[Field("spec"), Field("containers"), Item, Field("ports")]),
+            ListType::Map(vec!["containerPort".into(), "protocol".into()])
+        );
+        assert_eq!(b.list_type(&[Field("rules")]), ListType::Unknown);
+        assert!(b.is_quantity(&[Field("resources"), Field("requests"), Field("cpu")]));
+    }
+}

@@ -1,0 +1,491 @@
+//! Table tests of the engine: each normalisation, each list kind, each attribution shape.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn deploy(container: Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+           "spec": {"replicas": 2, "template": {"spec": {"containers": [container]}}}})
+}
+
+fn diff(desired: &Value, live: &Value) -> Vec<(String, ChangeKind)> {
+    diff_with(desired, live, &[], &[])
+}
+
+fn diff_with(desired: &Value, live: &Value, paths: &[&str], managers: &[String]) -> Vec<(String, ChangeKind)> {
+    let (state, fields) = diff_object(desired, live, &BuiltinSchema, Exclusions { paths, managers });
+    assert_eq!(state == ObjectState::InSync, fields.is_empty());
+    fields.into_iter().map(|f| (f.path, f.change)).collect()
+}
+
+fn insync(desired: Value, live: Value) {
+    let d = diff(&desired, &live);
+    assert!(d.is_empty(), "expected in sync:\n desired {desired}\n live {live}\n got {d:?}");
+}
+
+fn drifted(desired: Value, live: Value, want: &[(&str, ChangeKind)]) {
+    let d = diff(&desired, &live);
+    let want: Vec<(String, ChangeKind)> = want.iter().map(|(p, c)| (p.to_string(), *c)).collect();
+    assert_eq!(d, want, "\n desired {desired}\n live {live}");
+}
+
+use ChangeKind::*;
+
+#[test]
+fn quantities_equal_in_meaning_are_in_sync() {
+    let pairs = [
+        ("1000m", json!("1")),
+        ("1", json!(1)),
+        ("1Gi", json!("1073741824")),
+        ("1024Mi", json!("1Gi")),
+        ("0.5", json!("500m")),
+        ("100m", json!("0.1")),
+        ("1k", json!("1000")),
+        ("1e3", json!("1k")),
+        ("2048Ki", json!("2Mi")),
+        ("1.5Gi", json!("1536Mi")),
+        ("250m", json!("250m")),
+        ("0", json!("0")),
+    ];
+    for (d, l) in pairs {
+        insync(
+            deploy(json!({"name": "c", "resources": {"limits": {"cpu": d}}})),
+            deploy(json!({"name": "c", "resources": {"limits": {"cpu": l}}})),
+        );
+        insync(
+            deploy(json!({"name": "c", "resources": {"requests": {"memory": d}}})),
+            deploy(json!({"name": "c", "resources": {"requests": {"memory": l}}})),
+        );
+    }
+}
+
+#[test]
+fn different_quantities_are_modified() {
+    let pairs = [("512Mi", "1Gi"), ("1", "2"), ("100m", "200m"), ("1G", "1Gi"), ("1", "1001m")];
+    for (d, l) in pairs {
+        drifted(
+            deploy(json!({"name": "c", "resources": {"limits": {"memory": d}}})),
+            deploy(json!({"name": "c", "resources": {"limits": {"memory": l}}})),
+            &[("/spec/template/spec/containers/0/resources/limits/memory", Modified)],
+        );
+    }
+}
+
+#[test]
+fn quantity_rules_apply_only_to_quantities() {
+    drifted(
+        json!({"kind": "ConfigMap", "data": {"size": "1Gi"}}),
+        json!({"kind": "ConfigMap", "data": {"size": "1073741824"}}),
+        &[("/data/size", Modified)],
+    );
+}
+
+#[test]
+fn numbers_equal_in_value() {
+    for (d, l) in [(json!(1), json!(1.0)), (json!(0.5), json!(0.5)), (json!(-3), json!(-3.0)), (json!(10), json!(10))] {
+        insync(json!({"spec": {"n": d}}), json!({"spec": {"n": l}}));
+    }
+    for (d, l) in [(json!(1), json!(2)), (json!(1), json!("1")), (json!(true), json!("true")), (json!(0.5), json!(0.25))] {
+        drifted(json!({"spec": {"n": d}}), json!({"spec": {"n": l}}), &[("/spec/n", Modified)]);
+    }
+}
+
+#[test]
+fn zero_values_absent_live_are_in_sync() {
+    for z in [json!(null), json!(false), json!(0), json!(""), json!([]), json!({}), json!({"x": {}})] {
+        insync(json!({"spec": {"a": 1, "z": z}}), json!({"spec": {"a": 1}}));
+    }
+}
+
+#[test]
+fn set_values_absent_live_are_removed() {
+    for v in [json!(true), json!(3), json!("x"), json!([1]), json!({"k": "v"})] {
+        drifted(json!({"spec": {"a": 1, "v": v}}), json!({"spec": {"a": 1}}), &[("/spec/v", Removed)]);
+    }
+}
+
+#[test]
+fn server_defaults_and_status_are_not_drift() {
+    insync(
+        deploy(json!({"name": "c", "image": "x"})),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "web", "uid": "u", "resourceVersion": "9", "generation": 3,
+                            "creationTimestamp": "2026-01-01T00:00:00Z", "labels": {"extra": "x"}},
+               "spec": {"replicas": 2, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
+                        "strategy": {"type": "RollingUpdate"},
+                        "template": {"spec": {"containers": [{"name": "c", "image": "x", "imagePullPolicy": "Always",
+                            "terminationMessagePath": "/dev/termination-log"}], "restartPolicy": "Always", "dnsPolicy": "ClusterFirst"}}},
+               "status": {"replicas": 0}}),
+    );
+}
+
+#[test]
+fn manifest_status_and_server_metadata_are_ignored() {
+    insync(
+        json!({"kind": "ConfigMap", "metadata": {"name": "a", "creationTimestamp": null, "uid": "x"}, "status": {"x": 1}, "data": {"k": "v"}}),
+        json!({"kind": "ConfigMap", "metadata": {"name": "a", "creationTimestamp": "t", "uid": "y"}, "data": {"k": "v"}}),
+    );
+}
+
+#[test]
+fn helm_stamps_on_live_are_not_drift() {
+    insync(
+        json!({"kind": "ConfigMap", "metadata": {"name": "a", "labels": {"app": "x"}}}),
+        json!({"kind": "ConfigMap", "metadata": {"name": "a",
+            "labels": {"app": "x", "app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {"meta.helm.sh/release-name": "r", "meta.helm.sh/release-namespace": "n"},
+            "managedFields": [{"manager": "helm", "operation": "Update", "fieldsV1": {"f:metadata": {"f:labels": {"f:app.kubernetes.io/managed-by": {}}, "f:annotations": {"f:meta.helm.sh/release-name": {}, "f:meta.helm.sh/release-namespace": {}}}}}]}}),
+    );
+}
+
+#[test]
+fn labels_and_annotations() {
+    let cm = |labels: Value| json!({"kind": "ConfigMap", "metadata": {"name": "a", "labels": labels}});
+    insync(cm(json!({"a": "1"})), cm(json!({"a": "1", "b": "2"})));
+    drifted(cm(json!({"a": "1"})), cm(json!({"a": "2"})), &[("/metadata/labels/a", Modified)]);
+    drifted(cm(json!({"a": "1", "c": "3"})), cm(json!({"a": "1"})), &[("/metadata/labels/c", Removed)]);
+    drifted(
+        json!({"kind": "X", "metadata": {"name": "a", "annotations": {"a/b": "1"}}}),
+        json!({"kind": "X", "metadata": {"name": "a", "annotations": {"a/b": "2"}}}),
+        &[("/metadata/annotations/a~1b", Modified)],
+    );
+}
+
+#[test]
+fn secret_string_data_equals_data() {
+    let live = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "type": "Opaque",
+        "data": {"user": "YWRtaW4=", "pass": "aHVudGVyMg=="}});
+    insync(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "type": "Opaque",
+        "stringData": {"user": "admin", "pass": "hunter2"}}), live.clone());
+    insync(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+        "data": {"user": "YWRtaW4="}, "stringData": {"pass": "hunter2"}}), live.clone());
+    drifted(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"pass": "other"}}),
+        live,
+        &[("/data/pass", Modified)],
+    );
+}
+
+#[test]
+fn secret_values_are_redacted() {
+    let (_, fields) = diff_object(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"pass": "hunter2"}}),
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"pass": "aHVudGVyMw=="}}),
+        &BuiltinSchema,
+        Exclusions::default(),
+    );
+    let shown = serde_json::to_string(&fields).unwrap();
+    assert!(!shown.contains("aHVudGVy") && !shown.contains("hunter"), "{shown}");
+    assert!(fields[0].desired.as_ref().unwrap().as_str().unwrap().starts_with("(redacted, sha256:"));
+    assert_ne!(fields[0].desired, fields[0].live, "different values keep different digests");
+    assert_eq!(redact(&json!("x")).as_str().unwrap().len(), "(redacted, sha256:)".len() + 12);
+}
+
+#[test]
+fn map_lists_match_by_key_not_index() {
+    let d = deploy(json!({"name": "c", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}));
+    insync(d.clone(), deploy(json!({"name": "c", "env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]})));
+    insync(d.clone(), deploy(json!({"name": "c", "env": [{"name": "A", "value": "1"}, {"name": "X", "value": "x"}, {"name": "B", "value": "2"}]})));
+    drifted(
+        d.clone(),
+        deploy(json!({"name": "c", "env": [{"name": "B", "value": "3"}, {"name": "A", "value": "1"}]})),
+        &[("/spec/template/spec/containers/0/env/1/value", Modified)],
+    );
+    drifted(d, deploy(json!({"name": "c", "env": [{"name": "A", "value": "1"}]})), &[("/spec/template/spec/containers/0/env/1", Removed)]);
+}
+
+#[test]
+fn containers_match_by_name() {
+    let two = |a: &str, b: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"}, "spec": {"template": {"spec": {"containers": [
+            {"name": "web", "image": a}, {"name": "sidecar", "image": b}]}}}})
+    };
+    let swapped = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"}, "spec": {"template": {"spec": {"containers": [
+        {"name": "sidecar", "image": "s:1"}, {"name": "web", "image": "w:1"}]}}}});
+    insync(two("w:1", "s:1"), swapped.clone());
+    drifted(two("w:2", "s:1"), swapped, &[("/spec/template/spec/containers/0/image", Modified)]);
+}
+
+#[test]
+fn container_ports_default_protocol_tcp() {
+    insync(
+        deploy(json!({"name": "c", "ports": [{"containerPort": 8080}, {"containerPort": 53, "protocol": "UDP"}]})),
+        deploy(json!({"name": "c", "ports": [{"containerPort": 53, "protocol": "UDP"}, {"containerPort": 8080, "protocol": "TCP"}]})),
+    );
+    drifted(
+        deploy(json!({"name": "c", "ports": [{"containerPort": 53, "protocol": "UDP"}]})),
+        deploy(json!({"name": "c", "ports": [{"containerPort": 53, "protocol": "TCP"}]})),
+        &[("/spec/template/spec/containers/0/ports/0", Removed)],
+    );
+}
+
+#[test]
+fn service_ports_match_by_port() {
+    let svc = |ports: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": ports}});
+    insync(
+        svc(json!([{"name": "http", "port": 80, "targetPort": "http"}])),
+        svc(json!([{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "nodePort": 31000}])),
+    );
+    drifted(
+        svc(json!([{"port": 80, "targetPort": 8080}])),
+        svc(json!([{"port": 80, "targetPort": 9090, "protocol": "TCP"}])),
+        &[("/spec/ports/0/targetPort", Modified)],
+    );
+    drifted(svc(json!([{"port": 80, "targetPort": "8080"}])), svc(json!([{"port": 80, "targetPort": 8080, "protocol": "TCP"}])), &[("/spec/ports/0/targetPort", Modified)]);
+}
+
+#[test]
+fn volumes_and_mounts() {
+    let d = deploy(json!({"name": "c", "volumeMounts": [{"name": "cfg", "mountPath": "/etc/x", "readOnly": true}]}));
+    insync(d.clone(), deploy(json!({"name": "c", "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "cfg", "mountPath": "/etc/x", "readOnly": true}]})));
+    drifted(d.clone(), deploy(json!({"name": "c", "volumeMounts": [{"name": "cfg", "mountPath": "/etc/x"}]})), &[("/spec/template/spec/containers/0/volumeMounts/0/readOnly", Removed)]);
+    drifted(d, deploy(json!({"name": "c", "volumeMounts": [{"name": "cfg", "mountPath": "/etc/y", "readOnly": true}]})), &[("/spec/template/spec/containers/0/volumeMounts/0", Removed)]);
+    // readOnly: false is dropped by the API server.
+    insync(
+        deploy(json!({"name": "c", "volumeMounts": [{"name": "cfg", "mountPath": "/m", "readOnly": false}]})),
+        deploy(json!({"name": "c", "volumeMounts": [{"name": "cfg", "mountPath": "/m"}]})),
+    );
+}
+
+#[test]
+fn unknown_lists_compare_by_position() {
+    insync(json!({"spec": {"args": ["a", "b"]}}), json!({"spec": {"args": ["a", "b"]}}));
+    drifted(json!({"spec": {"args": ["a", "b"]}}), json!({"spec": {"args": ["b", "a"]}}), &[("/spec/args/0", Modified), ("/spec/args/1", Modified)]);
+    drifted(json!({"spec": {"args": ["a"]}}), json!({"spec": {"args": ["a", "b"]}}), &[("/spec/args", Modified)]);
+    drifted(json!({"spec": {"args": ["a", "b"]}}), json!({"spec": {"args": []}}), &[("/spec/args", Modified)]);
+    // Items of such lists are compared as subsets: server defaults inside them are fine.
+    insync(json!({"spec": {"rules": [{"host": "a"}]}}), json!({"spec": {"rules": [{"host": "a", "http": {"paths": []}}]}}));
+}
+
+fn schema_with(list_type: &str, keys: &[&str]) -> OpenApiSchema {
+    OpenApiSchema::from_json_schema(json!({"properties": {"spec": {"properties": {"items": {
+        "type": "array", "x-kubernetes-list-type": list_type, "x-kubernetes-list-map-keys": keys}}}}}))
+}
+
+fn diff_schema(schema: &OpenApiSchema, d: Value, l: Value) -> Vec<(String, ChangeKind)> {
+    diff_object(&d, &l, schema, Exclusions::default()).1.into_iter().map(|f| (f.path, f.change)).collect()
+}
+
+#[test]
+fn crd_list_types_from_the_schema() {
+    let map = schema_with("map", &["name"]);
+    assert!(diff_schema(&map, json!({"spec": {"items": [{"name": "a", "n": 1}, {"name": "b", "n": 2}]}}),
+        json!({"spec": {"items": [{"name": "b", "n": 2}, {"name": "a", "n": 1}]}})).is_empty());
+    assert_eq!(
+        diff_schema(&map, json!({"spec": {"items": [{"name": "a", "n": 1}]}}), json!({"spec": {"items": [{"name": "a", "n": 5}]}})),
+        vec![("/spec/items/0/n".to_string(), Modified)]
+    );
+    let set = schema_with("set", &[]);
+    assert!(diff_schema(&set, json!({"spec": {"items": ["x", "y"]}}), json!({"spec": {"items": ["y", "x", "z"]}})).is_empty());
+    assert_eq!(diff_schema(&set, json!({"spec": {"items": ["x", "q"]}}), json!({"spec": {"items": ["x"]}})), vec![("/spec/items/1".to_string(), Removed)]);
+    let atomic = schema_with("atomic", &[]);
+    assert_eq!(
+        diff_schema(&atomic, json!({"spec": {"items": ["x"]}}), json!({"spec": {"items": ["x", "y"]}})),
+        vec![("/spec/items".to_string(), Modified)]
+    );
+}
+
+fn with_managers(mut live: Value, managers: Value) -> Value {
+    live["metadata"]["managedFields"] = managers;
+    live
+}
+
+#[test]
+fn attribution_of_a_modified_field() {
+    let d = deploy(json!({"name": "c", "resources": {"limits": {"memory": "512Mi"}}}));
+    let live = with_managers(
+        deploy(json!({"name": "c", "resources": {"limits": {"memory": "1Gi"}}})),
+        json!([{"manager": "helm", "operation": "Update", "time": "2026-01-01T00:00:00Z",
+                "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {".": {}, "f:name": {}, "f:resources": {"f:limits": {"f:memory": {}}}}}}}}}},
+               {"manager": "kubectl-edit", "operation": "Update", "time": "2026-02-01T00:00:00Z",
+                "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {"f:resources": {"f:limits": {"f:memory": {}}}}}}}}}}]),
+    );
+    let (state, fields) = diff_object(&d, &live, &BuiltinSchema, Exclusions::default());
+    assert_eq!(state, ObjectState::Modified);
+    assert_eq!(fields.len(), 1);
+    let f = &fields[0];
+    assert_eq!(f.path, "/spec/template/spec/containers/0/resources/limits/memory");
+    assert_eq!((f.desired.clone(), f.live.clone()), (Some(json!("512Mi")), Some(json!("1Gi"))));
+    assert_eq!(f.manager.as_deref(), Some("kubectl-edit"));
+    assert_eq!(f.operation.as_deref(), Some("Update"));
+    assert_eq!(f.time.as_deref(), Some("2026-02-01T00:00:00Z"));
+}
+
+#[test]
+fn attribution_of_a_scale() {
+    let live = with_managers(
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 5}}),
+        json!([{"manager": "kubectl", "operation": "Update", "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]),
+    );
+    let (_, fields) = diff_object(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}}), &live, &BuiltinSchema, Exclusions::default());
+    assert_eq!(fields[0].manager.as_deref(), Some("kubectl"));
+    assert_eq!(fields[0].path, "/spec/replicas");
+}
+
+#[test]
+fn added_env_var_and_annotation_by_a_foreign_manager() {
+    let d = deploy(json!({"name": "c", "env": [{"name": "A", "value": "1"}]}));
+    let mut live = deploy(json!({"name": "c", "env": [{"name": "A", "value": "1"}, {"name": "DEBUG", "value": "true"}]}));
+    live["metadata"]["annotations"] = json!({"note": "x", "deployment.kubernetes.io/revision": "2"});
+    let live = with_managers(live, json!([
+        {"manager": "kubectl-patch", "operation": "Update", "time": "2026-03-01T00:00:00Z", "fieldsV1": {
+            "f:metadata": {"f:annotations": {".": {}, "f:note": {}}},
+            "f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {"f:env": {"k:{\"name\":\"DEBUG\"}": {".": {}, "f:name": {}, "f:value": {}}}}}}}}}},
+        {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
+         "fieldsV1": {"f:metadata": {"f:annotations": {"f:deployment.kubernetes.io/revision": {}}}}}
+    ]));
+    let (state, fields) = diff_object(&d, &live, &BuiltinSchema, Exclusions::default());
+    assert_eq!(state, ObjectState::Added);
+    let got: Vec<(String, Option<String>)> = fields.iter().map(|f| (f.path.clone(), f.manager.clone())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/metadata/annotations".to_string(), Some("kubectl-patch".to_string())),
+            ("/spec/template/spec/containers/0/env/1".to_string(), Some("kubectl-patch".to_string())),
+        ]
+    );
+    assert_eq!(fields[1].live, Some(json!({"name": "DEBUG", "value": "true"})));
+}
+
+#[test]
+fn added_annotation_when_the_manifest_has_annotations() {
+    let d = json!({"kind": "ConfigMap", "metadata": {"name": "a", "annotations": {"keep": "1"}}});
+    let live = with_managers(
+        json!({"kind": "ConfigMap", "metadata": {"name": "a", "annotations": {"keep": "1", "note": "x"}}}),
+        json!([{"manager": "kubectl-annotate", "operation": "Update", "fieldsV1": {"f:metadata": {"f:annotations": {"f:note": {}}}}}]),
+    );
+    let (_, fields) = diff_object(&d, &live, &BuiltinSchema, Exclusions::default());
+    assert_eq!(fields.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), vec!["/metadata/annotations/note"]);
+    assert_eq!(fields[0].change, Added);
+}
+
+#[test]
+fn added_by_system_or_helm_is_not_drift() {
+    for manager in ["helm", "kube-controller-manager", "kubelet", "kube-scheduler"] {
+        let live = with_managers(
+            json!({"kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v", "extra": "x"}}),
+            json!([{"manager": manager, "operation": "Update", "fieldsV1": {"f:data": {"f:extra": {}}}}]),
+        );
+        insync(json!({"kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}}), live);
+    }
+}
+
+#[test]
+fn ignore_paths_hide_exactly_their_subtree() {
+    let d = deploy(json!({"name": "c", "image": "a"}));
+    let l = {
+        let mut l = deploy(json!({"name": "c", "image": "b"}));
+        l["spec"]["replicas"] = json!(5);
+        l
+    };
+    assert_eq!(diff_with(&d, &l, &["/spec/replicas"], &[]), vec![("/spec/template/spec/containers/0/image".to_string(), Modified)]);
+    assert!(diff_with(&d, &l, &["/spec"], &[]).is_empty());
+    assert_eq!(diff_with(&d, &l, &["/spec/replica"], &[]).len(), 2);
+}
+
+#[test]
+fn ignore_managers_hide_their_changes() {
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"}, "spec": {"replicas": 2, "paused": true}});
+    let live = with_managers(
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"}, "spec": {"replicas": 7, "paused": false}}),
+        json!([{"manager": "hpa-like", "operation": "Update", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+               {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {"f:paused": {}}}}]),
+    );
+    assert_eq!(diff_with(&d, &live, &[], &["hpa-like".to_string()]), vec![("/spec/paused".to_string(), Modified)]);
+}
+
+#[test]
+fn type_changes_are_modified() {
+    for (d, l) in [
+        (json!({"a": 1}), json!([1])),
+        (json!([1]), json!({"a": 1})),
+        (json!("x"), json!({"a": 1})),
+        (json!({"a": 1}), json!("x")),
+    ] {
+        drifted(json!({"spec": {"v": d}}), json!({"spec": {"v": l}}), &[("/spec/v", Modified)]);
+    }
+}
+
+#[test]
+fn pointer_escaping() {
+    drifted(
+        json!({"data": {"a/b": "1", "c~d": "2"}}),
+        json!({"data": {"a/b": "9", "c~d": "8"}}),
+        &[("/data/a~1b", Modified), ("/data/c~0d", Modified)],
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            "[a-z0-9]{0,8}".prop_map(Value::from),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        scalar().prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// What an API server does to an object: adds defaults next to what was set, adds
+    /// status and server metadata, and drops fields set to their zero value.
+    fn server_default(v: &Value, extra: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut out = serde_json::Map::new();
+                for (k, v) in m {
+                    if !normalize::is_zero(v) {
+                        out.insert(k.clone(), server_default(v, extra));
+                    }
+                }
+                out.insert("zzDefaulted".into(), extra.clone());
+                Value::Object(out)
+            }
+            Value::Array(items) => Value::Array(items.iter().map(|i| server_default(i, extra)).collect()),
+            other => other.clone(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn an_object_is_in_sync_with_itself(spec in value()) {
+            let obj = json!({"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "t"}, "spec": spec});
+            let (state, fields) = diff_object(&obj, &obj, &BuiltinSchema, Exclusions::default());
+            prop_assert_eq!(state, ObjectState::InSync, "{:?}", fields);
+        }
+
+        #[test]
+        fn server_defaulting_is_never_drift(spec in value(), extra in scalar()) {
+            let obj = json!({"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "t"}, "spec": spec});
+            let mut live = server_default(&obj, &extra);
+            live["status"] = json!({"observedGeneration": 1});
+            live["metadata"]["uid"] = json!("u-1");
+            let (state, fields) = diff_object(&obj, &live, &BuiltinSchema, Exclusions::default());
+            prop_assert_eq!(state, ObjectState::InSync, "{:?}", fields);
+        }
+
+        #[test]
+        fn changing_a_set_scalar_is_drift(spec in prop::collection::btree_map("[a-z]{1,6}", any::<i32>(), 1..6), bump in 1i32..1000) {
+            let obj = json!({"kind": "Thing", "metadata": {"name": "t"}, "spec": spec});
+            let (key, v) = spec.iter().next().unwrap();
+            let mut live = obj.clone();
+            live["spec"][key] = json!(v.wrapping_add(bump));
+            let (state, fields) = diff_object(&obj, &live, &BuiltinSchema, Exclusions::default());
+            prop_assert_eq!(state, ObjectState::Modified);
+            prop_assert_eq!(fields.len(), 1);
+            prop_assert_eq!(&fields[0].path, &format!("/spec/{}", key));
+        }
+    }
+}

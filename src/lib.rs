@@ -7,6 +7,7 @@
 //! to the API server.
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod controller;

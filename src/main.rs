@@ -69,6 +69,15 @@ enum Command {
         /// Ignore a path, as KIND:POINTER (e.g. Deployment:/spec/replicas); repeatable
         #[arg(long)]
         ignore_path: Vec<String>,
+        /// Changes made by this field manager are not drift; repeatable
+        #[arg(long)]
+        ignore_manager: Vec<String>,
+        /// Print the number of API requests made (to stderr)
+        #[arg(short = 'v', long)]
+        verbose: bool,
+        /// Do not confirm local verdicts with a server-side dry-run (needs no patch permission)
+        #[arg(long)]
+        no_confirm: bool,
         /// Only list the releases found in Helm's storage (like `helm list --all`), read by
         /// Driftwatch's own decoder; no drift check
         #[arg(long)]
@@ -126,8 +135,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { list: true, namespace, all_namespaces, release, output, .. } => {
             return list(namespace, all_namespaces, release, output).await;
         }
+        Command::Check { release, namespace, all_namespaces, revision, output, detailed_exitcode, ignore_path, ignore_manager, verbose, no_confirm, list: false } => {
+            let opts = CheckOpts { release, revision, output, detailed_exitcode, ignore_path, ignore_manager, verbose, confirm: !no_confirm };
+            return check(namespace, all_namespaces, opts).await;
+        }
         Command::Run { .. } => "run",
-        Command::Check { .. } => "check (drift)",
         Command::Diagnose { .. } => "diagnose",
         Command::Inventory { .. } => "inventory",
         Command::Crdgen => "crdgen",
@@ -136,10 +148,94 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
+struct CheckOpts {
+    release: Option<String>,
+    revision: Option<u32>,
+    output: CheckOutput,
+    detailed_exitcode: bool,
+    ignore_path: Vec<String>,
+    ignore_manager: Vec<String>,
+    verbose: bool,
+    confirm: bool,
+}
+
+/// `KIND:POINTER` → an ignore rule for that kind.
+fn ignore_rule(arg: &str) -> anyhow::Result<driftwatch::drift::IgnoreRule> {
+    let (kind, pointer) = arg
+        .split_once(':')
+        .filter(|(k, p)| !k.is_empty() && p.starts_with('/'))
+        .with_context(|| format!("--ignore-path {arg:?}: expected KIND:POINTER, e.g. Deployment:/spec/replicas"))?;
+    Ok(driftwatch::drift::IgnoreRule {
+        paths: vec![pointer.to_string()],
+        target: Some(driftwatch::drift::IgnoreTarget { kind: Some(regex::escape(kind)), ..Default::default() }),
+    })
+}
+
+async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow::Result<ExitCode> {
+    use driftwatch::check::{CheckSettings, check_release};
+    let rules = opts.ignore_path.iter().map(|a| ignore_rule(a)).collect::<anyhow::Result<Vec<_>>>()?;
+    let ignore = driftwatch::drift::IgnoreRules::compile(&rules)?;
+    let ns = scope(namespace, all).await?;
+    let client = client().await?;
+    let store = driftwatch::cluster::ReleaseStore::new(client.clone());
+    let resolver = driftwatch::cluster::Resolver::new(client);
+    let listing = store.list(ns.as_deref()).await;
+    for e in &listing.errors {
+        eprintln!("warning: {e}");
+    }
+    for e in &listing.malformed {
+        eprintln!("warning: {e}");
+    }
+    let mut histories = driftwatch::helm::group_releases(listing.records);
+    if let Some(name) = &opts.release {
+        histories.retain(|h| &h.name == name);
+        if histories.is_empty() {
+            let where_ = ns.map_or_else(|| "any namespace".to_string(), |n| format!("namespace {n}"));
+            anyhow::bail!("release {name:?} not found in {where_}");
+        }
+    }
+    if histories.is_empty() && listing.errors.len() == 2 {
+        anyhow::bail!("could not read Helm's release storage");
+    }
+    let settings = CheckSettings { ignore: &ignore, ignore_managers: &opts.ignore_manager, confirm: opts.confirm, concurrency: 8 };
+    let mut reports = Vec::new();
+    for h in &histories {
+        reports.push(check_release(&store, &resolver, h, opts.revision, &settings).await);
+    }
+    let text = match opts.output {
+        CheckOutput::Text => {
+            use std::io::IsTerminal as _;
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            driftwatch::cli::check::render_text(&reports, driftwatch::cli::check::Style { colour })
+        }
+        CheckOutput::Json => serde_json::to_string_pretty(&driftwatch::cli::check::document(&reports))? + "\n",
+        CheckOutput::Yaml => serde_saphyr::to_string(&driftwatch::cli::check::document(&reports))?,
+    };
+    emit(&text)?;
+    if opts.verbose {
+        let confirmed: usize = reports.iter().map(|r| r.confirmed_away).sum();
+        eprintln!(
+            "driftwatch: {} API requests for {} release(s) ({} to list storage, {} to fetch records, {} for discovery, schemas, live reads and dry-runs); {confirmed} local finding(s) dismissed by dry-run",
+            2 + reports.len() + resolver.requests(),
+            reports.len(),
+            2,
+            reports.len(),
+            resolver.requests()
+        );
+    }
+    let checked_something = reports.iter().any(|r| r.error.is_none() && r.summary.errors < r.summary.resources);
+    if !reports.is_empty() && !checked_something {
+        return Ok(ExitCode::from(1));
+    }
+    let drifted = reports.iter().any(|r| r.drifted);
+    Ok(if drifted && opts.detailed_exitcode { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 fn emit(text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }

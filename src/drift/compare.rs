@@ -252,8 +252,13 @@ pub fn compare(desired: &Value, live: &Value, schema: &dyn Schema, foreign: &[(V
     for (path, entry) in foreign {
         let missing_at = (1..=path.len()).find(|n| navigate(desired, &path[..*n]).is_none());
         let Some(n) = missing_at else { continue };
+        // Report a whole added list item, or else the added field itself, not the map that
+        // holds it (an added annotation, not "the annotations").
+        let n = (n..=path.len())
+            .find(|&m| m == path.len() || matches!(path[m - 1], FieldKey::Key(_) | FieldKey::Value(_) | FieldKey::Index(_)))
+            .unwrap_or(path.len());
         let prefix = &path[..n];
-        if seen.iter().any(|s| s.as_slice() == prefix) || out.iter().any(|c| c.field_path.as_slice() == prefix) {
+        if seen.iter().any(|s| prefix.starts_with(s)) || out.iter().any(|c| prefix.starts_with(&c.field_path)) {
             continue;
         }
         let Some((live_value, pointer)) = navigate(live, prefix) else { continue };

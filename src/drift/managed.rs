@@ -67,8 +67,11 @@ impl Node {
         }
     }
 
+    /// Owned leaves, and owned list items; not the maps and structs that merely hold owned
+    /// fields (their `"."` says they exist, and the fields inside say more).
     fn owned_paths(&self, prefix: &mut Vec<FieldKey>, out: &mut Vec<Vec<FieldKey>>) {
-        if self.owned && !prefix.is_empty() {
+        let is_item = matches!(prefix.last(), Some(FieldKey::Key(_) | FieldKey::Value(_) | FieldKey::Index(_)));
+        if self.owned && !prefix.is_empty() && (self.children.is_empty() || is_item) {
             out.push(prefix.clone());
         }
         for (k, n) in &self.children {

@@ -47,6 +47,10 @@ pub struct FieldDrift {
     pub operation: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
+    /// The same place as `managedFields` names it (list items by key), to find it in another
+    /// version of the object whatever the order of its lists.
+    #[serde(skip)]
+    pub locator: Vec<managed::FieldKey>,
 }
 
 /// What to leave out of a comparison.
@@ -89,6 +93,7 @@ pub fn diff_object(desired: &Value, live: &Value, schema: &dyn Schema, exclude: 
             manager: who.as_ref().map(|a| a.manager.clone()),
             operation: who.as_ref().map(|a| a.operation.clone()),
             time: who.and_then(|a| a.time),
+            locator: raw.field_path,
         });
     }
     let state = if fields.is_empty() {

@@ -341,7 +341,7 @@ fn added_env_var_and_annotation_by_a_foreign_manager() {
     assert_eq!(
         got,
         vec![
-            ("/metadata/annotations".to_string(), Some("kubectl-patch".to_string())),
+            ("/metadata/annotations/note".to_string(), Some("kubectl-patch".to_string())),
             ("/spec/template/spec/containers/0/env/1".to_string(), Some("kubectl-patch".to_string())),
         ]
     );

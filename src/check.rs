@@ -1,0 +1,272 @@
+//! One drift check of one release: the reference revision's manifest, resolved and compared
+//! object by object with the live cluster. Used by `driftwatch check` and the controller.
+//! Fails per object, never per release: an object that cannot be checked is an `Error` entry
+//! and the rest is still checked.
+
+use futures::StreamExt as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cluster::{ReleaseStore, ResolveError, Resolver};
+use crate::drift::{self, ChangeKind, Exclusions, FieldDrift, IgnoreRules, ObjectIdentity, ObjectState, Schema};
+use crate::helm::{DesiredObject, ReleaseHistory, ReleaseStatus, split_manifest};
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceReport {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    pub state: ObjectState,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldDrift>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub resources: usize,
+    pub in_sync: usize,
+    pub modified: usize,
+    pub missing: usize,
+    pub added: usize,
+    pub errors: usize,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Finding {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    pub hint: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseReport {
+    pub name: String,
+    pub namespace: String,
+    pub revision: u32,
+    pub chart: String,
+    pub chart_version: String,
+    pub app_version: String,
+    pub status: ReleaseStatus,
+    pub apply_method: crate::helm::ApplyMethod,
+    pub drifted: bool,
+    pub summary: Summary,
+    pub resources: Vec<ResourceReport>,
+    pub findings: Vec<Finding>,
+    /// The check could not run at all (no readable revision); `resources` is then empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Fields the local comparison flagged that the server's dry-run showed to be equal
+    /// (normalisation gaps, not drift).
+    #[serde(skip)]
+    pub confirmed_away: usize,
+}
+
+/// How a check runs.
+pub struct CheckSettings<'a> {
+    pub ignore: &'a IgnoreRules,
+    pub ignore_managers: &'a [String],
+    /// Confirm local `Modified` verdicts with a server-side dry-run.
+    pub confirm: bool,
+    /// Objects checked at once.
+    pub concurrency: usize,
+}
+
+pub async fn check_release(
+    store: &ReleaseStore,
+    resolver: &Resolver,
+    history: &ReleaseHistory,
+    revision: Option<u32>,
+    settings: &CheckSettings<'_>,
+) -> ReleaseReport {
+    let latest = history.latest();
+    let mut report = ReleaseReport {
+        name: history.name.clone(),
+        namespace: history.namespace.clone(),
+        revision: latest.revision,
+        chart: String::new(),
+        chart_version: String::new(),
+        app_version: String::new(),
+        status: latest.status.clone(),
+        apply_method: Default::default(),
+        drifted: false,
+        summary: Summary::default(),
+        resources: Vec::new(),
+        findings: Vec::new(),
+        error: None,
+        confirmed_away: 0,
+    };
+    let record = match revision {
+        Some(n) => history.revision(n).ok_or_else(|| format!("release {}/{} has no revision {n}", history.namespace, history.name)),
+        None => history.reference().ok_or_else(|| {
+            format!(
+                "release {}/{} has no deployed revision (newest: {} is {}); nothing to compare against",
+                history.namespace, history.name, latest.revision, latest.status
+            )
+        }),
+    };
+    let record = match record {
+        Ok(r) => r,
+        Err(e) => {
+            report.error = Some(e);
+            return report;
+        }
+    };
+    let release = match store.fetch(record).await {
+        Ok(r) => r,
+        Err(e) => {
+            report.revision = record.revision;
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    report.revision = release.version;
+    report.chart = release.chart.metadata.name.clone();
+    report.chart_version = release.chart.metadata.version.clone();
+    report.app_version = release.chart.metadata.app_version.clone();
+    report.status = release.info.status.clone();
+    report.apply_method = release.apply_method;
+    if latest.status == ReleaseStatus::Failed {
+        report.findings.push(Finding {
+            kind: "Failed".into(),
+            message: format!("revision {} failed; drift is reported against revision {}", latest.revision, record.revision),
+            hint: format!("helm history {} -n {}", history.name, history.namespace),
+        });
+    }
+
+    let split = split_manifest(&release.manifest);
+    for e in &split.errors {
+        report.resources.push(ResourceReport {
+            api_version: String::new(),
+            kind: String::new(),
+            namespace: None,
+            name: e.template.clone().unwrap_or_else(|| format!("document {}", e.index)),
+            state: ObjectState::Error,
+            fields: Vec::new(),
+            message: Some(e.to_string()),
+        });
+    }
+    let namespace = release.namespace.clone();
+    let checked: Vec<(ResourceReport, usize)> = futures::stream::iter(split.objects.iter())
+        .map(|o| check_object(resolver, o, &namespace, settings))
+        .buffered(settings.concurrency.max(1))
+        .collect()
+        .await;
+    for (r, confirmed_away) in checked {
+        report.confirmed_away += confirmed_away;
+        report.resources.push(r);
+    }
+    report.summary = summarize(&report.resources);
+    report.drifted = report.summary.modified + report.summary.missing + report.summary.added > 0;
+    report
+}
+
+pub fn summarize(resources: &[ResourceReport]) -> Summary {
+    let mut s = Summary { resources: resources.len(), ..Summary::default() };
+    for r in resources {
+        match r.state {
+            ObjectState::InSync => s.in_sync += 1,
+            ObjectState::Modified => s.modified += 1,
+            ObjectState::Missing => s.missing += 1,
+            ObjectState::Added => s.added += 1,
+            ObjectState::Error => s.errors += 1,
+        }
+    }
+    s
+}
+
+async fn check_object(resolver: &Resolver, o: &DesiredObject, release_ns: &str, settings: &CheckSettings<'_>) -> (ResourceReport, usize) {
+    let mut report = ResourceReport {
+        api_version: o.api_version.clone(),
+        kind: o.kind.clone(),
+        namespace: None,
+        name: o.name.clone(),
+        state: ObjectState::Error,
+        fields: Vec::new(),
+        message: None,
+    };
+    let kind = match resolver.resolve(&o.api_version, &o.kind).await {
+        Ok(k) => k,
+        Err(e) => {
+            report.namespace = o.namespace.clone().or_else(|| Some(release_ns.to_string()));
+            report.message = Some(e.to_string());
+            return (report, 0);
+        }
+    };
+    // Helm's rule: a namespaced object without a namespace lives in the release namespace; a
+    // cluster-scoped one has none, whatever the manifest says.
+    let ns = kind.namespaced.then(|| o.namespace.clone().unwrap_or_else(|| release_ns.to_string()));
+    report.namespace = ns.clone();
+    let live = match resolver.get_live(&kind, ns.as_deref(), &o.name).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            report.state = ObjectState::Missing;
+            return (report, 0);
+        }
+        Err(e) => {
+            report.message = Some(describe_read_error(&e, &o.kind, ns.as_deref(), &o.name));
+            return (report, 0);
+        }
+    };
+    let schema = resolver.schema(&o.api_version, &o.kind).await;
+    let schema: &dyn Schema = match &schema {
+        Some(s) => s,
+        None => &drift::BuiltinSchema,
+    };
+    let (group, version) = o.api_version.split_once('/').unwrap_or(("", &o.api_version));
+    let string_map = |v: Option<&Value>| -> std::collections::BTreeMap<String, String> {
+        v.and_then(Value::as_object)
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .unwrap_or_default()
+    };
+    let identity = ObjectIdentity {
+        group,
+        version,
+        kind: &o.kind,
+        name: &o.name,
+        namespace: ns.as_deref().unwrap_or(""),
+        labels: string_map(live.pointer("/metadata/labels")),
+        annotations: string_map(live.pointer("/metadata/annotations")),
+    };
+    let paths = settings.ignore.paths_for(&identity);
+    let (mut state, mut fields) = drift::diff_object(&o.object, &live, schema, Exclusions { paths: &paths, managers: settings.ignore_managers });
+    let mut confirmed_away = 0;
+    if settings.confirm && fields.iter().any(|f| f.change != ChangeKind::Added) {
+        match resolver.dry_run_apply(&kind, ns.as_deref(), &o.object).await {
+            Ok(applied) => {
+                let before = fields.len();
+                let at = |obj: &Value, f: &FieldDrift| drift::compare::navigate(obj, &f.locator).map(|(v, _)| v.clone());
+                fields.retain(|f| f.change == ChangeKind::Added || at(&applied, f) != at(&live, f));
+                confirmed_away = before - fields.len();
+                state = if fields.is_empty() {
+                    ObjectState::InSync
+                } else if fields.iter().all(|f| f.change == ChangeKind::Added) {
+                    ObjectState::Added
+                } else {
+                    ObjectState::Modified
+                };
+            }
+            Err(e) => {
+                report.message = Some(format!("not confirmed by a server-side dry-run ({e}); this is the local comparison's verdict"));
+            }
+        }
+    }
+    report.state = state;
+    report.fields = fields;
+    (report, confirmed_away)
+}
+
+fn describe_read_error(e: &ResolveError, kind: &str, ns: Option<&str>, name: &str) -> String {
+    let what = match ns {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    };
+    format!("cannot read {what}: {e}")
+}

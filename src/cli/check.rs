@@ -1,0 +1,114 @@
+//! What `driftwatch check` prints: a readable per-object diff with who changed what and when
+//! (coloured on a terminal), or the documented JSON/YAML shape.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::check::ReleaseReport;
+use crate::drift::{ChangeKind, ObjectState};
+
+#[derive(Clone, Copy)]
+pub struct Style {
+    pub colour: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.colour { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
+    }
+    fn red(&self, s: &str) -> String {
+        self.paint("31", s)
+    }
+    fn green(&self, s: &str) -> String {
+        self.paint("32", s)
+    }
+    fn yellow(&self, s: &str) -> String {
+        self.paint("33", s)
+    }
+    fn bold(&self, s: &str) -> String {
+        self.paint("1", s)
+    }
+    fn dim(&self, s: &str) -> String {
+        self.paint("2", s)
+    }
+}
+
+fn show(v: &Option<Value>) -> String {
+    match v {
+        None => "(absent)".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+pub fn render_text(reports: &[ReleaseReport], style: Style) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let verdict = if r.error.is_some() {
+            style.red("NOT CHECKED")
+        } else if r.drifted {
+            let n = r.summary.modified + r.summary.missing + r.summary.added;
+            style.yellow(&format!("DRIFTED ({n} of {} resources)", r.summary.resources))
+        } else if r.summary.errors > 0 {
+            style.yellow(&format!("IN SYNC where checked ({} of {} could not be checked)", r.summary.errors, r.summary.resources))
+        } else {
+            style.green(&format!("IN SYNC ({} resources)", r.summary.resources))
+        };
+        let _ = writeln!(
+            out,
+            "{} {}/{}  revision {}  {}-{}  {}  {}",
+            style.bold("Release"),
+            r.namespace,
+            r.name,
+            r.revision,
+            r.chart,
+            r.chart_version,
+            r.status,
+            verdict
+        );
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "  {}", style.red(e));
+        }
+        for f in &r.findings {
+            let _ = writeln!(out, "  {} {}  (next: {})", style.yellow(&format!("[{}]", f.kind)), f.message, f.hint);
+        }
+        for res in r.resources.iter().filter(|res| res.state != ObjectState::InSync) {
+            let ns = res.namespace.as_ref().map(|n| format!("{n}/")).unwrap_or_default();
+            let state = match res.state {
+                ObjectState::Missing => style.red("Missing"),
+                ObjectState::Error => style.red("Error"),
+                ObjectState::Added => style.green("Added"),
+                _ => style.yellow("Modified"),
+            };
+            let kind = if res.kind.is_empty() { "manifest".to_string() } else { res.kind.clone() };
+            let _ = writeln!(out, "  {kind} {ns}{}: {state}", res.name);
+            if let Some(m) = &res.message {
+                let _ = writeln!(out, "      {}", style.dim(m));
+            }
+            for f in &res.fields {
+                let who = match (&f.manager, &f.operation, &f.time) {
+                    (Some(m), Some(op), Some(t)) => format!("  by {m} ({op}, {t})"),
+                    (Some(m), Some(op), None) => format!("  by {m} ({op})"),
+                    (Some(m), None, _) => format!("  by {m}"),
+                    _ => String::new(),
+                };
+                let line = match f.change {
+                    ChangeKind::Modified => style.yellow(&format!("~ {}: {} -> {}", f.path, show(&f.desired), show(&f.live))),
+                    ChangeKind::Removed => style.red(&format!("- {}: {} (removed live)", f.path, show(&f.desired))),
+                    ChangeKind::Added => style.green(&format!("+ {}: {} (not in the manifest)", f.path, show(&f.live))),
+                };
+                let _ = writeln!(out, "      {line}{}", style.dim(&who));
+            }
+        }
+    }
+    if reports.is_empty() {
+        out.push_str("No Helm releases found.\n");
+    }
+    out
+}
+
+/// The documented machine-readable shape: every resource listed, InSync ones too.
+pub fn document(reports: &[ReleaseReport]) -> Value {
+    serde_json::json!({ "releases": reports })
+}

@@ -1,0 +1,172 @@
+//! Resolving manifest objects against the API server: kind → resource and scope (discovery,
+//! cached per group-version), the kind's schema (OpenAPI v3, cached per group-version), live
+//! reads, and the server-side dry-run that confirms a local verdict. Counts its requests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::Client;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::drift::OpenApiSchema;
+
+/// A kind as the API serves it.
+#[derive(Clone, Debug)]
+pub struct ResolvedKind {
+    pub resource: ApiResource,
+    pub namespaced: bool,
+}
+
+/// Why an object could not be resolved or read; the message is for people.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("kind {kind} of {api_version} is not served by this API server")]
+    NotServed { api_version: String, kind: String },
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Api(String),
+}
+
+fn api_error(e: kube::Error) -> ResolveError {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => ResolveError::Forbidden(s.message.clone()),
+        other => ResolveError::Api(other.to_string()),
+    }
+}
+
+/// Discovery, schemas and live reads through one client, with caches.
+pub struct Resolver {
+    client: Client,
+    resources: Mutex<HashMap<String, Result<Arc<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResource>>, ResolveError>>>,
+    openapi_index: Mutex<Option<Option<Value>>>,
+    schemas: Mutex<HashMap<String, Option<Arc<Value>>>>,
+    requests: AtomicUsize,
+}
+
+/// The field manager of confirmation dry-runs (never persisted: dry-run).
+pub const CONFIRM_MANAGER: &str = "driftwatch-confirm";
+
+impl Resolver {
+    pub fn new(client: Client) -> Self {
+        Resolver {
+            client,
+            resources: Mutex::new(HashMap::new()),
+            openapi_index: Mutex::new(None),
+            schemas: Mutex::new(HashMap::new()),
+            requests: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// API requests this resolver made.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<ResolvedKind, ResolveError> {
+        let list = {
+            let mut cache = self.resources.lock().await;
+            if let Some(hit) = cache.get(api_version) {
+                hit.clone()
+            } else {
+                self.count();
+                let fetched = if api_version.contains('/') {
+                    self.client.list_api_group_resources(api_version).await
+                } else {
+                    self.client.list_core_api_resources(api_version).await
+                };
+                let entry = match fetched {
+                    Ok(l) => Ok(Arc::new(l.resources)),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(Arc::new(Vec::new())),
+                    Err(e) => Err(api_error(e)),
+                };
+                cache.insert(api_version.to_string(), entry.clone());
+                entry
+            }
+        }?;
+        let found = list.iter().find(|r| r.kind == kind && !r.name.contains('/'));
+        let Some(r) = found else {
+            return Err(ResolveError::NotServed { api_version: api_version.into(), kind: kind.into() });
+        };
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        Ok(ResolvedKind { resource: ApiResource::from_gvk_with_plural(&gvk, &r.name), namespaced: r.namespaced })
+    }
+
+    /// The kind's schema from the server's OpenAPI v3 document; None when it has none.
+    pub async fn schema(&self, api_version: &str, kind: &str) -> Option<OpenApiSchema> {
+        let path = if api_version.contains('/') { format!("apis/{api_version}") } else { format!("api/{api_version}") };
+        let doc = {
+            let mut cache = self.schemas.lock().await;
+            match cache.get(&path) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = self.fetch_openapi(&path).await.map(Arc::new);
+                    cache.insert(path.clone(), d.clone());
+                    d
+                }
+            }
+        }?;
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        OpenApiSchema::for_kind(&doc, group, version, kind)
+    }
+
+    async fn fetch_openapi(&self, path: &str) -> Option<Value> {
+        let url = {
+            let mut index = self.openapi_index.lock().await;
+            if index.is_none() {
+                self.count();
+                *index = Some(self.get_json("/openapi/v3").await);
+            }
+            let index = index.as_ref().and_then(|i| i.as_ref())?;
+            index.pointer(&format!("/paths/{}/serverRelativeURL", path.replace('~', "~0").replace('/', "~1")))?.as_str()?.to_string()
+        };
+        self.count();
+        self.get_json(&url).await
+    }
+
+    async fn get_json(&self, url: &str) -> Option<Value> {
+        let req = http::Request::get(url).body(Vec::new()).ok()?;
+        self.client.request::<Value>(req).await.ok()
+    }
+
+    fn api(&self, kind: &ResolvedKind, namespace: Option<&str>) -> Api<DynamicObject> {
+        match namespace {
+            Some(ns) if kind.namespaced => Api::namespaced_with(self.client.clone(), ns, &kind.resource),
+            _ => Api::all_with(self.client.clone(), &kind.resource),
+        }
+    }
+
+    /// The live object, or None when it does not exist.
+    pub async fn get_live(&self, kind: &ResolvedKind, namespace: Option<&str>, name: &str) -> Result<Option<Value>, ResolveError> {
+        self.count();
+        let obj = self.api(kind, namespace).get_opt(name).await.map_err(api_error)?;
+        Ok(obj.map(|o| serde_json::to_value(o).expect("a DynamicObject serialises")))
+    }
+
+    /// What the object would be after a server-side apply of `desired` (dry-run: nothing is
+    /// written). Used to tell real drift from a gap in local normalisation.
+    pub async fn dry_run_apply(&self, kind: &ResolvedKind, namespace: Option<&str>, desired: &Value) -> Result<Value, ResolveError> {
+        self.count();
+        let name = desired.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let mut body = desired.clone();
+        if let (Some(ns), true) = (namespace, kind.namespaced) {
+            body["metadata"]["namespace"] = Value::String(ns.to_string());
+        }
+        let params = PatchParams { dry_run: true, force: true, field_manager: Some(CONFIRM_MANAGER.into()), ..Default::default() };
+        let obj = self.api(kind, namespace).patch(&name, &params, &Patch::Apply(&body)).await.map_err(api_error)?;
+        Ok(serde_json::to_value(obj).expect("a DynamicObject serialises"))
+    }
+}

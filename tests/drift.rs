@@ -79,15 +79,22 @@ fn assert_in_sync(release: &str, ns: &str, what: &str) {
 async fn no_false_alarms(helm: Helm) {
     let client = common::client().await;
     let chart = common::chart("fullstack");
-    let configs: [&[&str]; 3] = [
-        &[],
-        &["--set", "autoscaling.enabled=true,nodePortService.nodePort=30777,pdb.minAvailable=50%"],
-        &["--set", "web.sidecar.enabled=false,statefulset.enabled=false,cache.enabled=false,rbac.enabled=false,secret.enabled=false"],
+    // Node ports are allocated cluster-wide: one per Helm major, as the tests run in parallel.
+    let node_port = match helm {
+        Helm::V3 => 30777,
+        Helm::V4 => 30778,
+    };
+    let configs: [String; 3] = [
+        String::new(),
+        format!("autoscaling.enabled=true,nodePortService.nodePort={node_port},pdb.minAvailable=50%"),
+        "web.sidecar.enabled=false,statefulset.enabled=false,cache.enabled=false,rbac.enabled=false,secret.enabled=false".into(),
     ];
     for (i, values) in configs.iter().enumerate() {
         let ns = TestNamespace::new(&client, &format!("nofalse-{}-{i}", helm.short())).await;
         let mut args = vec!["install", "app", &chart, "-n", &ns.name];
-        args.extend_from_slice(values);
+        if !values.is_empty() {
+            args.extend_from_slice(&["--set", values]);
+        }
         helm.ok(&args);
         wait_for_controllers(&ns.name);
         assert_in_sync("app", &ns.name, &format!("{helm:?} config {i} fresh install"));

@@ -489,3 +489,134 @@ mod properties {
         }
     }
 }
+
+/// A compact table: (what, desired, live, expected changes). Each row one case.
+#[test]
+fn more_cases() {
+    let rows: Vec<(&str, Value, Value, Vec<(&str, ChangeKind)>)> = vec![
+        ("nested empty map absent live", json!({"spec": {"a": {"b": {}}}}), json!({"spec": {}}), vec![]),
+        ("nested empty list absent live", json!({"spec": {"a": {"b": []}}}), json!({"spec": {"a": {}}}), vec![]),
+        ("empty map vs live empty map", json!({"spec": {"a": {}}}), json!({"spec": {"a": {}}}), vec![]),
+        ("empty list vs live list", json!({"spec": {"a": []}}), json!({"spec": {"a": [1]}}), vec![("/spec/a", Modified)]),
+        ("string value changed", json!({"data": {"k": "a"}}), json!({"data": {"k": "b"}}), vec![("/data/k", Modified)]),
+        ("string emptied live", json!({"data": {"k": "a"}}), json!({"data": {"k": ""}}), vec![("/data/k", Modified)]),
+        ("bool flipped", json!({"spec": {"paused": true}}), json!({"spec": {"paused": false}}), vec![("/spec/paused", Modified)]),
+        ("false vs absent", json!({"spec": {"paused": false}}), json!({"spec": {}}), vec![]),
+        ("zero vs absent", json!({"spec": {"minReadySeconds": 0}}), json!({"spec": {}}), vec![]),
+        ("null desired", json!({"spec": {"x": null}}), json!({"spec": {"x": 5}}), vec![]),
+        ("int-or-string port name", json!({"spec": {"ports": [{"port": 80, "targetPort": "http"}]}}), json!({"spec": {"ports": [{"port": 80, "targetPort": "http", "protocol": "TCP"}]}}), vec![]),
+        ("int-or-string number vs name", json!({"spec": {"ports": [{"port": 80, "targetPort": 80}]}}), json!({"spec": {"ports": [{"port": 80, "targetPort": "http", "protocol": "TCP"}]}}), vec![("/spec/ports/0/targetPort", Modified)]),
+        ("service port removed", json!({"spec": {"ports": [{"port": 80}, {"port": 443}]}}), json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}]}}), vec![("/spec/ports/1", Removed)]),
+        ("service port udp vs tcp", json!({"spec": {"ports": [{"port": 53, "protocol": "UDP"}]}}), json!({"spec": {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}}), vec![]),
+        ("probe defaults", deploy(json!({"name": "c", "livenessProbe": {"httpGet": {"path": "/h", "port": 8080}}})),
+            deploy(json!({"name": "c", "livenessProbe": {"httpGet": {"path": "/h", "port": 8080, "scheme": "HTTP"}, "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3}})), vec![]),
+        ("probe path changed", deploy(json!({"name": "c", "livenessProbe": {"httpGet": {"path": "/h"}}})), deploy(json!({"name": "c", "livenessProbe": {"httpGet": {"path": "/x"}}})),
+            vec![("/spec/template/spec/containers/0/livenessProbe/httpGet/path", Modified)]),
+        ("probe removed", deploy(json!({"name": "c", "livenessProbe": {"httpGet": {"path": "/h"}}})), deploy(json!({"name": "c"})),
+            vec![("/spec/template/spec/containers/0/livenessProbe", Removed)]),
+        ("container removed", deploy(json!({"name": "c"})), json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "other"}]}}}}),
+            vec![("/spec/template/spec/containers/0", Removed)]),
+        ("image changed", deploy(json!({"name": "c", "image": "a:1"})), deploy(json!({"name": "c", "image": "a:2"})), vec![("/spec/template/spec/containers/0/image", Modified)]),
+        ("args changed", deploy(json!({"name": "c", "args": ["--a"]})), deploy(json!({"name": "c", "args": ["--b"]})), vec![("/spec/template/spec/containers/0/args/0", Modified)]),
+        ("command grown", deploy(json!({"name": "c", "command": ["x"]})), deploy(json!({"name": "c", "command": ["x", "y"]})), vec![("/spec/template/spec/containers/0/command", Modified)]),
+        ("env valueFrom", deploy(json!({"name": "c", "env": [{"name": "P", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]})),
+            deploy(json!({"name": "c", "env": [{"name": "P", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}]})), vec![]),
+        ("env value changed", deploy(json!({"name": "c", "env": [{"name": "P", "value": "1"}]})), deploy(json!({"name": "c", "env": [{"name": "P", "value": "2"}]})),
+            vec![("/spec/template/spec/containers/0/env/0/value", Modified)]),
+        ("env var removed", deploy(json!({"name": "c", "env": [{"name": "P", "value": "1"}]})), deploy(json!({"name": "c", "env": []})),
+            vec![("/spec/template/spec/containers/0/env/0", Removed)]),
+        ("volume by name", json!({"spec": {"template": {"spec": {"volumes": [{"name": "a", "emptyDir": {}}, {"name": "b", "configMap": {"name": "x"}}]}}}}),
+            json!({"spec": {"template": {"spec": {"volumes": [{"name": "b", "configMap": {"name": "x", "defaultMode": 420}}, {"name": "a", "emptyDir": {}}]}}}}), vec![]),
+        ("volume source changed", json!({"spec": {"template": {"spec": {"volumes": [{"name": "b", "configMap": {"name": "x"}}]}}}}),
+            json!({"spec": {"template": {"spec": {"volumes": [{"name": "b", "configMap": {"name": "y"}}]}}}}), vec![("/spec/template/spec/volumes/0/configMap/name", Modified)]),
+        ("defaultMode octal as decimal", json!({"spec": {"template": {"spec": {"volumes": [{"name": "b", "secret": {"secretName": "s", "defaultMode": 420}}]}}}}),
+            json!({"spec": {"template": {"spec": {"volumes": [{"name": "b", "secret": {"secretName": "s", "defaultMode": 420}}]}}}}), vec![]),
+        ("imagePullSecrets by name", json!({"spec": {"template": {"spec": {"imagePullSecrets": [{"name": "a"}, {"name": "b"}]}}}}),
+            json!({"spec": {"template": {"spec": {"imagePullSecrets": [{"name": "b"}, {"name": "a"}]}}}}), vec![]),
+        ("initContainers by name", json!({"spec": {"template": {"spec": {"initContainers": [{"name": "i", "image": "x"}]}}}}),
+            json!({"spec": {"template": {"spec": {"initContainers": [{"name": "i", "image": "y"}]}}}}), vec![("/spec/template/spec/initContainers/0/image", Modified)]),
+        ("selector matchLabels", json!({"spec": {"selector": {"matchLabels": {"a": "1"}}}}), json!({"spec": {"selector": {"matchLabels": {"a": "1"}}}}), vec![]),
+        ("annotation value changed", json!({"metadata": {"name": "a", "annotations": {"x": "1"}}}), json!({"metadata": {"name": "a", "annotations": {"x": "2"}}}), vec![("/metadata/annotations/x", Modified)]),
+        ("annotation removed", json!({"metadata": {"name": "a", "annotations": {"x": "1"}}}), json!({"metadata": {"name": "a"}}), vec![("/metadata/annotations", Removed)]),
+        ("rbac rules atomic by position", json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
+            json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}), vec![("/rules/0/verbs", Modified)]),
+        ("rbac subjects", json!({"subjects": [{"kind": "ServiceAccount", "name": "a", "namespace": "n"}]}),
+            json!({"subjects": [{"kind": "ServiceAccount", "name": "a", "namespace": "n"}]}), vec![]),
+        ("ingress rules", json!({"spec": {"rules": [{"host": "a.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix"}]}}]}}),
+            json!({"spec": {"rules": [{"host": "b.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix"}]}}]}}), vec![("/spec/rules/0/host", Modified)]),
+        ("pdb int-or-percent", json!({"spec": {"minAvailable": "50%"}}), json!({"spec": {"minAvailable": "50%"}}), vec![]),
+        ("pdb changed to number", json!({"spec": {"minAvailable": "50%"}}), json!({"spec": {"minAvailable": 1}}), vec![("/spec/minAvailable", Modified)]),
+        ("storage quantity in claim templates", json!({"spec": {"volumeClaimTemplates": [{"spec": {"resources": {"requests": {"storage": "1Gi"}}}}]}}),
+            json!({"spec": {"volumeClaimTemplates": [{"spec": {"resources": {"requests": {"storage": "1024Mi"}}, "volumeMode": "Filesystem"}, "status": {"phase": "Pending"}}]}}), vec![]),
+        ("emptyDir sizeLimit quantity", json!({"spec": {"volumes": [{"name": "v", "emptyDir": {"sizeLimit": "256Mi"}}]}}),
+            json!({"spec": {"volumes": [{"name": "v", "emptyDir": {"sizeLimit": "268435456"}}]}}), vec![]),
+        ("hpa metrics", json!({"spec": {"metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]}}),
+            json!({"spec": {"metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 90}}}]}}),
+            vec![("/spec/metrics/0/resource/target/averageUtilization", Modified)]),
+        ("cronjob schedule", json!({"spec": {"schedule": "0 3 1 1 *"}}), json!({"spec": {"schedule": "*/5 * * * *"}}), vec![("/spec/schedule", Modified)]),
+        ("finalizers as a set", json!({"metadata": {"name": "a", "finalizers": ["a", "b"]}}), json!({"metadata": {"name": "a", "finalizers": ["b", "a", "c"]}}), vec![]),
+        ("finalizer removed", json!({"metadata": {"name": "a", "finalizers": ["a", "b"]}}), json!({"metadata": {"name": "a", "finalizers": ["a"]}}), vec![("/metadata/finalizers/1", Removed)]),
+        ("unicode values", json!({"data": {"greeting": "héllo ✓"}}), json!({"data": {"greeting": "héllo ✓"}}), vec![]),
+        ("large integers", json!({"spec": {"n": 9007199254740993u64}}), json!({"spec": {"n": 9007199254740993u64}}), vec![]),
+        ("float vs int", json!({"spec": {"ratio": 0.5}}), json!({"spec": {"ratio": 0.5}}), vec![]),
+    ];
+    let count = rows.len();
+    for (what, desired, live, want) in rows {
+        let got = diff(&desired, &live);
+        let want: Vec<(String, ChangeKind)> = want.iter().map(|(p, c)| (p.to_string(), *c)).collect();
+        assert_eq!(got, want, "case {what:?}");
+    }
+    assert!(count >= 45);
+}
+
+#[test]
+fn attribution_shapes() {
+    // k: with two keys (container ports), v: set items, i: index ownership, Apply vs Update.
+    let cases: Vec<(&str, Value, Value, Value, &str, &str)> = vec![
+        ("list-map with two keys",
+         deploy(json!({"name": "c", "ports": [{"containerPort": 8080, "name": "http"}]})),
+         deploy(json!({"name": "c", "ports": [{"containerPort": 8080, "protocol": "TCP", "name": "web"}]})),
+         json!([{"manager": "ops", "operation": "Update", "time": "2026-05-01T00:00:00Z", "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {"f:ports": {"k:{\"containerPort\":8080,\"protocol\":\"TCP\"}": {"f:name": {}}}}}}}}}}]),
+         "/spec/template/spec/containers/0/ports/0/name", "ops"),
+        ("atomic list owned whole",
+         json!({"spec": {"args": ["a", "b"]}}),
+         json!({"spec": {"args": ["a", "c"]}}),
+         json!([{"manager": "tuner", "operation": "Apply", "time": "2026-05-02T00:00:00Z", "fieldsV1": {"f:spec": {"f:args": {}}}}]),
+         "/spec/args/1", "tuner"),
+        ("index ownership",
+         json!({"spec": {"args": ["a", "b"]}}),
+         json!({"spec": {"args": ["a", "z"]}}),
+         json!([{"manager": "indexer", "operation": "Update", "fieldsV1": {"f:spec": {"f:args": {"i:1": {}}}}}]),
+         "/spec/args/1", "indexer"),
+        ("newest of two foreign owners",
+         json!({"data": {"k": "a"}}),
+         json!({"data": {"k": "b"}}),
+         json!([{"manager": "old", "operation": "Apply", "time": "2026-01-01T00:00:00Z", "fieldsV1": {"f:data": {"f:k": {}}}},
+                {"manager": "new", "operation": "Apply", "time": "2026-06-01T00:00:00Z", "fieldsV1": {"f:data": {"f:k": {}}}}]),
+         "/data/k", "new"),
+        ("foreign owner before helm",
+         json!({"data": {"k": "a"}}),
+         json!({"data": {"k": "b"}}),
+         json!([{"manager": "helm", "operation": "Apply", "time": "2026-09-01T00:00:00Z", "fieldsV1": {"f:data": {"f:k": {}}}},
+                {"manager": "hotfix", "operation": "Apply", "time": "2026-06-01T00:00:00Z", "fieldsV1": {"f:data": {"f:k": {}}}}]),
+         "/data/k", "hotfix"),
+    ];
+    for (what, desired, live, managers, path, manager) in cases {
+        let (_, fields) = diff_object(&desired, &with_managers(live, managers), &BuiltinSchema, Exclusions::default());
+        let f = fields.iter().find(|f| f.path == path).unwrap_or_else(|| panic!("{what}: no {path} in {fields:?}"));
+        assert_eq!(f.manager.as_deref(), Some(manager), "{what}");
+    }
+}
+
+#[test]
+fn added_set_item_by_a_foreign_manager() {
+    let d = json!({"metadata": {"name": "a", "finalizers": ["a"]}});
+    let live = with_managers(
+        json!({"metadata": {"name": "a", "finalizers": ["a", "example.com/hold"]}}),
+        json!([{"manager": "holder", "operation": "Update", "fieldsV1": {"f:metadata": {"f:finalizers": {"v:\"example.com/hold\"": {}}}}}]),
+    );
+    let (state, fields) = diff_object(&d, &live, &BuiltinSchema, Exclusions::default());
+    assert_eq!(state, ObjectState::Added);
+    assert_eq!(fields[0].path, "/metadata/finalizers/1");
+    assert_eq!(fields[0].manager.as_deref(), Some("holder"));
+}

@@ -245,13 +245,7 @@ async fn check_object(resolver: &Resolver, o: &DesiredObject, release_ns: &str, 
                 let at = |obj: &Value, f: &FieldDrift| drift::compare::navigate(obj, &f.locator).map(|(v, _)| v.clone());
                 fields.retain(|f| f.change == ChangeKind::Added || at(&applied, f) != at(&live, f));
                 confirmed_away = before - fields.len();
-                state = if fields.is_empty() {
-                    ObjectState::InSync
-                } else if fields.iter().all(|f| f.change == ChangeKind::Added) {
-                    ObjectState::Added
-                } else {
-                    ObjectState::Modified
-                };
+                state = ObjectState::of_fields(&fields);
             }
             Err(e) => {
                 report.message = Some(format!("not confirmed by a server-side dry-run ({e}); this is the local comparison's verdict"));

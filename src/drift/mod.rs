@@ -96,14 +96,20 @@ pub fn diff_object(desired: &Value, live: &Value, schema: &dyn Schema, exclude: 
             locator: raw.field_path,
         });
     }
-    let state = if fields.is_empty() {
-        ObjectState::InSync
-    } else if fields.iter().all(|f| f.change == ChangeKind::Added) {
-        ObjectState::Added
-    } else {
-        ObjectState::Modified
-    };
-    (state, fields)
+    (ObjectState::of_fields(&fields), fields)
+}
+
+impl ObjectState {
+    /// The verdict of an object that exists live, from its drifted fields.
+    pub fn of_fields(fields: &[FieldDrift]) -> ObjectState {
+        if fields.is_empty() {
+            ObjectState::InSync
+        } else if fields.iter().all(|f| f.change == ChangeKind::Added) {
+            ObjectState::Added
+        } else {
+            ObjectState::Modified
+        }
+    }
 }
 
 /// A Secret's value as reports show it: never the value, only a short digest to tell two

@@ -155,14 +155,18 @@ impl Schema for BuiltinSchema {
     }
 }
 
-fn builtin_list_type(path: &[Step]) -> ListType {
-    let names: Vec<&str> = path
-        .iter()
+/// The field names along a path, list and map items left out.
+fn field_names<'a>(path: &[Step<'a>]) -> Vec<&'a str> {
+    path.iter()
         .filter_map(|s| match s {
             Step::Field(f) => Some(*f),
             Step::Item => None,
         })
-        .collect();
+        .collect()
+}
+
+fn builtin_list_type(path: &[Step]) -> ListType {
+    let names = field_names(path);
     let map = |keys: &[&str]| ListType::Map(keys.iter().map(|k| k.to_string()).collect());
     match names.as_slice() {
         [.., "containers" | "initContainers" | "ephemeralContainers", "ports"] => map(&["containerPort", "protocol"]),
@@ -177,13 +181,7 @@ fn builtin_list_type(path: &[Step]) -> ListType {
 }
 
 fn looks_like_resources(path: &[Step]) -> bool {
-    let names: Vec<&str> = path
-        .iter()
-        .filter_map(|s| match s {
-            Step::Field(f) => Some(*f),
-            Step::Item => None,
-        })
-        .collect();
+    let names = field_names(path);
     matches!(
         names.as_slice(),
         [.., "limits" | "requests" | "capacity" | "allocatable" | "hard" | "used", _]

@@ -142,7 +142,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { .. } => "run",
         Command::Diagnose { .. } => "diagnose",
         Command::Inventory { .. } => "inventory",
-        Command::Crdgen => "crdgen",
+        Command::Crdgen => {
+            emit(&driftwatch::api::crds_yaml())?;
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     eprintln!("driftwatch: `{name}` is not built yet (see the open issues)");
     Ok(ExitCode::from(1))

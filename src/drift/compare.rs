@@ -9,7 +9,7 @@ use super::normalize::{is_zero, numbers_equal, quantity_nanos};
 use super::schema::{ListType, Schema, Step};
 
 /// What happened to one field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ChangeKind {
     /// The live value differs from the manifest's.
     Modified,

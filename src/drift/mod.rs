@@ -17,7 +17,7 @@ pub use managed::{Attribution, ManagedFields};
 pub use schema::{BuiltinSchema, ListType, OpenApiSchema, Schema};
 
 /// An object's verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum ObjectState {
     InSync,
     /// At least one field the manifest sets differs live, or was removed live.
@@ -31,21 +31,21 @@ pub enum ObjectState {
 }
 
 /// One drifted field, as reported.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FieldDrift {
     /// RFC 6901 pointer into the desired object (into the live one for `Added`).
     pub path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<Value>,
     pub change: ChangeKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manager: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
     /// The same place as `managedFields` names it (list items by key), to find it in another
     /// version of the object whatever the order of its lists.

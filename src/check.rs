@@ -55,6 +55,8 @@ pub struct ReleaseReport {
     pub chart_version: String,
     pub app_version: String,
     pub status: ReleaseStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_deployed: Option<jiff::Timestamp>,
     pub apply_method: crate::helm::ApplyMethod,
     pub drifted: bool,
     pub summary: Summary,
@@ -95,6 +97,7 @@ pub async fn check_release(
         chart_version: String::new(),
         app_version: String::new(),
         status: latest.status.clone(),
+        last_deployed: None,
         apply_method: Default::default(),
         drifted: false,
         summary: Summary::default(),
@@ -132,6 +135,7 @@ pub async fn check_release(
     report.chart_version = release.chart.metadata.version.clone();
     report.app_version = release.chart.metadata.app_version.clone();
     report.status = release.info.status.clone();
+    report.last_deployed = release.info.last_deployed;
     report.apply_method = release.apply_method;
     if latest.status == ReleaseStatus::Failed {
         report.findings.push(Finding {
@@ -154,11 +158,10 @@ pub async fn check_release(
         });
     }
     let namespace = release.namespace.clone();
-    let checked: Vec<(ResourceReport, usize)> = futures::stream::iter(split.objects.iter())
-        .map(|o| check_object(resolver, o, &namespace, settings))
-        .buffered(settings.concurrency.max(1))
-        .collect()
-        .await;
+    // The futures are made first, so that the stream holds no closure over borrowed items
+    // (which would keep the whole check from being spawned on another task).
+    let pending: Vec<_> = split.objects.iter().map(|o| check_object(resolver, o, &namespace, settings)).collect();
+    let checked: Vec<(ResourceReport, usize)> = futures::stream::iter(pending).buffered(settings.concurrency.max(1)).collect().await;
     for (r, confirmed_away) in checked {
         report.confirmed_away += confirmed_away;
         report.resources.push(r);

@@ -15,6 +15,8 @@ pub mod diagnose;
 pub mod drift;
 pub mod heal;
 pub mod helm;
+pub mod http;
+pub mod metrics;
 
 /// Errors that leave the library. Each carries what it is about, so that the message alone
 /// tells a person at 2 AM where to look.

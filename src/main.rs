@@ -139,7 +139,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let opts = CheckOpts { release, revision, output, detailed_exitcode, ignore_path, ignore_manager, verbose, confirm: !no_confirm };
             return check(namespace, all_namespaces, opts).await;
         }
-        Command::Run { .. } => "run",
+        Command::Run { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format } => {
+            return run(RunOpts { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format }).await;
+        }
         Command::Diagnose { .. } => "diagnose",
         Command::Inventory { .. } => "inventory",
         Command::Crdgen => {
@@ -149,6 +151,64 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     };
     eprintln!("driftwatch: `{name}` is not built yet (see the open issues)");
     Ok(ExitCode::from(1))
+}
+
+struct RunOpts {
+    metrics_addr: String,
+    health_addr: String,
+    leader_elect: bool,
+    cluster_policy_namespaces: Vec<String>,
+    watch_namespaces: Vec<String>,
+    log_format: LogFormat,
+}
+
+async fn run(o: RunOpts) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match o.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let metrics_addr = driftwatch::http::parse_addr(&o.metrics_addr)?;
+    let health_addr = driftwatch::http::parse_addr(&o.health_addr)?;
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "driftwatch-system".into());
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "local".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let mut cluster_ns = vec![namespace.clone()];
+    cluster_ns.extend(o.cluster_policy_namespaces.iter().filter(|n| !n.is_empty()).cloned());
+    let settings = driftwatch::controller::Settings {
+        tenancy: driftwatch::controller::policy::Tenancy { cluster_policy_namespaces: cluster_ns },
+        watch_namespaces: o.watch_namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+        leader_elect: o.leader_elect,
+        identity: identity.clone(),
+        namespace,
+        concurrency: 4,
+    };
+    let client = client().await?;
+    let metrics = Arc::new(driftwatch::metrics::Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    tracing::info!(identity, %metrics_addr, %health_addr, leader_elect = o.leader_elect, "driftwatch controller starting");
+    let m = metrics.clone();
+    let metrics_server = tokio::spawn(async move { driftwatch::http::serve_metrics(metrics_addr, m).await });
+    let r = ready.clone();
+    let health_server = tokio::spawn(async move { driftwatch::http::serve_health(health_addr, r).await });
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    tokio::select! {
+        r = driftwatch::controller::run(client, settings, metrics, ready, shutdown) => r?,
+        r = metrics_server => { r??; }
+        r = health_server => { r??; }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 struct CheckOpts {

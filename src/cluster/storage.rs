@@ -91,6 +91,24 @@ impl ReleaseStore {
         out
     }
 
+    /// The records of one release (both drivers), metadata only.
+    pub async fn list_release(&self, namespace: &str, name: &str) -> Listing {
+        let mut out = Listing::default();
+        let selector = format!("{OWNER_SELECTOR},name={name}");
+        let secrets: Api<Secret> = self.api(Some(namespace));
+        let lp = ListParams::default().labels(&selector).fields(&format!("type={SECRET_TYPE}"));
+        match list_all(&secrets, lp).await {
+            Ok(metas) => collect(Driver::Secret, metas, Some(SECRET_TYPE), &mut out),
+            Err(source) => out.errors.push(StorageError::List { driver: Driver::Secret, scope: format!("namespace {namespace}"), source }),
+        }
+        let cms: Api<ConfigMap> = self.api(Some(namespace));
+        match list_all(&cms, ListParams::default().labels(&selector)).await {
+            Ok(metas) => collect(Driver::ConfigMap, metas, None, &mut out),
+            Err(source) => out.errors.push(StorageError::List { driver: Driver::ConfigMap, scope: format!("namespace {namespace}"), source }),
+        }
+        out
+    }
+
     /// Reads and decodes one record.
     pub async fn fetch(&self, record: &RecordMeta) -> Result<Release, StorageError> {
         let payload = self.fetch_payload(record).await?;

@@ -1,0 +1,187 @@
+//! Which policy covers a release: tenancy (a policy outside the cluster-policy namespaces sees
+//! only its own namespace) and precedence (the release's own namespace wins over a cluster
+//! policy; ties go to the alphabetically first `namespace/name`). Pure.
+
+use std::collections::BTreeMap;
+
+use crate::api::DriftPolicy;
+
+/// Where policies may select across namespaces.
+#[derive(Clone, Debug, Default)]
+pub struct Tenancy {
+    pub cluster_policy_namespaces: Vec<String>,
+}
+
+impl Tenancy {
+    pub fn is_cluster_policy(&self, policy_ns: &str) -> bool {
+        self.cluster_policy_namespaces.iter().any(|n| n == policy_ns)
+    }
+
+    /// Why a policy may not be used, if it may not (a tenant policy selecting other namespaces).
+    pub fn denial(&self, policy: &DriftPolicy) -> Option<String> {
+        let ns = policy.metadata.namespace.as_deref().unwrap_or("");
+        let sel = &policy.spec.release_selector;
+        let crosses = sel.namespaces.iter().any(|n| n != ns) || sel.namespace_selector.is_some();
+        (crosses && !self.is_cluster_policy(ns)).then(|| {
+            format!(
+                "policy {ns}/{} selects releases outside its namespace; only policies in {} may (set --cluster-policy-namespaces)",
+                policy.metadata.name.as_deref().unwrap_or(""),
+                if self.cluster_policy_namespaces.is_empty() { "the controller's namespace".to_string() } else { self.cluster_policy_namespaces.join(", ") }
+            )
+        })
+    }
+}
+
+/// What a policy is matched against.
+#[derive(Clone, Debug)]
+pub struct ReleaseFacts<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    /// None before the record is decoded: the chart filter is then not applied.
+    pub chart: Option<&'a str>,
+    pub labels: &'a BTreeMap<String, String>,
+    /// The release namespace's labels (for `namespaceSelector`).
+    pub namespace_labels: &'a BTreeMap<String, String>,
+}
+
+pub fn policy_matches(tenancy: &Tenancy, policy: &DriftPolicy, r: &ReleaseFacts) -> bool {
+    if tenancy.denial(policy).is_some() {
+        return false;
+    }
+    let pns = policy.metadata.namespace.as_deref().unwrap_or("");
+    let sel = &policy.spec.release_selector;
+    if tenancy.is_cluster_policy(pns) {
+        if !sel.namespaces.is_empty() && !sel.namespaces.iter().any(|n| n == r.namespace) {
+            return false;
+        }
+        if let Some(ns_sel) = &sel.namespace_selector {
+            let wanted = ns_sel.match_labels.clone().unwrap_or_default();
+            if !wanted.iter().all(|(k, v)| r.namespace_labels.get(k) == Some(v)) {
+                return false;
+            }
+        }
+    } else if pns != r.namespace {
+        return false;
+    }
+    if !sel.names.is_empty() && !sel.names.iter().any(|g| glob(g, r.name)) {
+        return false;
+    }
+    if let (false, Some(chart)) = (sel.charts.is_empty(), r.chart) {
+        if !sel.charts.iter().any(|g| glob(g, chart)) {
+            return false;
+        }
+    }
+    sel.match_labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
+}
+
+/// The winning policy among those that match: own namespace first, then `namespace/name` order.
+pub fn winner<'p>(tenancy: &Tenancy, policies: &'p [DriftPolicy], r: &ReleaseFacts) -> Option<&'p DriftPolicy> {
+    policies
+        .iter()
+        .filter(|p| policy_matches(tenancy, p, r))
+        .min_by_key(|p| {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            (ns != r.namespace, ns, p.metadata.name.clone().unwrap_or_default())
+        })
+}
+
+pub fn policy_key(p: &DriftPolicy) -> String {
+    format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))
+}
+
+/// `*` any run of characters, `?` one character.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DriftPolicySpec, ReleaseSelector};
+
+    fn policy(ns: &str, name: &str, sel: ReleaseSelector) -> DriftPolicy {
+        let mut p = DriftPolicy::new(name, DriftPolicySpec { release_selector: sel, ..Default::default() });
+        p.metadata.namespace = Some(ns.into());
+        p
+    }
+
+    fn facts<'a>(ns: &'a str, name: &'a str, empty: &'a BTreeMap<String, String>) -> ReleaseFacts<'a> {
+        ReleaseFacts { namespace: ns, name, chart: Some("my-app"), labels: empty, namespace_labels: empty }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("payments-*", "payments-api"));
+        assert!(glob("*", ""));
+        assert!(glob("a?c", "abc"));
+        assert!(!glob("a?c", "abbc"));
+        assert!(glob("*-api-*", "x-api-y"));
+        assert!(!glob("payments-*", "billing"));
+    }
+
+    #[test]
+    fn tenant_policies_see_their_namespace_only() {
+        let t = Tenancy { cluster_policy_namespaces: vec!["platform".into()] };
+        let e = BTreeMap::new();
+        let tenant = policy("team-a", "p", ReleaseSelector::default());
+        assert!(policy_matches(&t, &tenant, &facts("team-a", "x", &e)));
+        assert!(!policy_matches(&t, &tenant, &facts("team-b", "x", &e)));
+        let cross = policy("team-a", "p", ReleaseSelector { namespaces: vec!["team-b".into()], ..Default::default() });
+        assert!(t.denial(&cross).unwrap().contains("selects releases outside its namespace"));
+        assert!(!policy_matches(&t, &cross, &facts("team-b", "x", &e)));
+        assert!(!policy_matches(&t, &cross, &facts("team-a", "x", &e)));
+        let cluster = policy("platform", "all", ReleaseSelector { namespaces: vec!["team-b".into()], ..Default::default() });
+        assert!(t.denial(&cluster).is_none());
+        assert!(policy_matches(&t, &cluster, &facts("team-b", "x", &e)));
+        assert!(!policy_matches(&t, &cluster, &facts("team-a", "x", &e)));
+    }
+
+    #[test]
+    fn own_namespace_wins_then_alphabetical() {
+        let t = Tenancy { cluster_policy_namespaces: vec!["platform".into()] };
+        let e = BTreeMap::new();
+        let ps = vec![
+            policy("platform", "b-cluster", ReleaseSelector::default()),
+            policy("platform", "a-cluster", ReleaseSelector::default()),
+            policy("team-a", "z-own", ReleaseSelector::default()),
+        ];
+        assert_eq!(policy_key(winner(&t, &ps, &facts("team-a", "x", &e)).unwrap()), "team-a/z-own");
+        assert_eq!(policy_key(winner(&t, &ps, &facts("team-b", "x", &e)).unwrap()), "platform/a-cluster");
+    }
+
+    #[test]
+    fn names_charts_labels() {
+        let t = Tenancy::default();
+        let labels = BTreeMap::from([("team".to_string(), "core".to_string())]);
+        let e = BTreeMap::new();
+        let p = policy("ns", "p", ReleaseSelector {
+            names: vec!["pay*".into()],
+            charts: vec!["my-*".into()],
+            match_labels: BTreeMap::from([("team".into(), "core".into())]),
+            ..Default::default()
+        });
+        let f = ReleaseFacts { namespace: "ns", name: "payments", chart: Some("my-app"), labels: &labels, namespace_labels: &e };
+        assert!(policy_matches(&t, &p, &f));
+        assert!(!policy_matches(&t, &p, &ReleaseFacts { name: "billing", ..f.clone() }));
+        assert!(!policy_matches(&t, &p, &ReleaseFacts { chart: Some("other"), ..f.clone() }));
+        assert!(!policy_matches(&t, &p, &ReleaseFacts { labels: &e, ..f }));
+    }
+}

@@ -1,0 +1,235 @@
+//! What the controller writes: DriftReport status (conditions merged by type, times kept when
+//! nothing changed), policy status, and the Events of transitions. Pure.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::events::{Event, EventType};
+use serde_json::{Value, json};
+
+use super::policy::Tenancy;
+use crate::api::{DriftPolicy, DriftReportStatus, ReleaseInfo, parse_duration};
+use crate::check::ReleaseReport;
+use crate::drift::{IgnoreRules, ObjectState};
+use crate::helm::{ReleaseHistory, ReleaseStatus};
+use crate::metrics::ReleaseSeries;
+
+pub const MAX_RESOURCES: usize = 50;
+pub const MAX_FIELDS: usize = 20;
+
+/// A status as written: `comparable` leaves out what changes on every check (the check
+/// time), so "nothing changed" means no write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Written {
+    pub comparable: Value,
+    pub full: Value,
+}
+
+impl Written {
+    pub fn from_status(st: &DriftReportStatus) -> Self {
+        let full = serde_json::to_value(st).expect("status serialises");
+        let mut comparable = full.clone();
+        if let Value::Object(m) = &mut comparable {
+            m.remove("lastCheckTime");
+        }
+        Written { comparable, full }
+    }
+
+    fn condition(&self, type_: &str) -> Option<Condition> {
+        self.full.get("conditions")?.as_array()?.iter().find(|c| c["type"] == type_).and_then(|c| serde_json::from_value(c.clone()).ok())
+    }
+
+    fn first_drift_time(&self) -> Option<String> {
+        self.full.get("firstDriftTime")?.as_str().map(str::to_string)
+    }
+}
+
+pub struct Built {
+    pub written: Written,
+    pub drifted: bool,
+    pub unhealthy: bool,
+    pub health_message: String,
+    pub drift_message: String,
+    first_drift: Option<jiff::Timestamp>,
+}
+
+impl Built {
+    pub fn series<'a>(&self, r: &'a ReleaseReport) -> ReleaseSeries<'a> {
+        ReleaseSeries {
+            namespace: &r.namespace,
+            release: &r.name,
+            chart: &r.chart,
+            chart_version: &r.chart_version,
+            app_version: &r.app_version,
+            status: r.status.as_str(),
+            last_deployed: r.last_deployed.map(|t| t.as_second() as f64),
+            drifted: self.drifted,
+            drifted_resources: r.summary.modified + r.summary.missing + r.summary.added,
+            first_drift: self.first_drift.map(|t| t.as_second() as f64),
+        }
+    }
+}
+
+fn condition(previous: Option<&Written>, type_: &str, status: &str, reason: &str, message: String, now: jiff::Timestamp) -> Condition {
+    let kept = previous.and_then(|p| p.condition(type_)).filter(|c| c.status == status).map(|c| c.last_transition_time);
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: kept.unwrap_or(Time(now)),
+        observed_generation: None,
+    }
+}
+
+pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: jiff::Timestamp, history: &ReleaseHistory) -> Built {
+    let drifted_objects: Vec<&crate::check::ResourceReport> = r
+        .resources
+        .iter()
+        .filter(|o| matches!(o.state, ObjectState::Modified | ObjectState::Missing | ObjectState::Added))
+        .collect();
+    let drifted = r.drifted;
+    let names: Vec<String> = drifted_objects.iter().take(5).map(|o| format!("{}/{}", o.kind, o.name)).collect();
+    let more = drifted_objects.len().saturating_sub(5);
+    let drift_message = if drifted {
+        format!(
+            "{} of {} resources drifted: {}{}",
+            drifted_objects.len(),
+            r.summary.resources,
+            names.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        )
+    } else {
+        format!("all {} resources match revision {}", r.summary.resources, r.revision)
+    };
+    let latest = history.latest();
+    let (unhealthy, health_reason, health_message) = match &latest.status {
+        ReleaseStatus::Failed => (true, "Failed", format!("revision {} failed", latest.revision)),
+        s if s.is_pending() => (true, "Pending", format!("revision {} is {} (Helm holds its lock)", latest.revision, s)),
+        s => (false, "Deployed", format!("revision {} is {s}", latest.revision)),
+    };
+    let mut conditions = Vec::new();
+    match &r.error {
+        Some(e) => {
+            conditions.push(condition(previous, "Drifted", "Unknown", "CheckFailed", e.clone(), now));
+            conditions.push(condition(previous, "Ready", "False", "CheckFailed", e.clone(), now));
+        }
+        None => {
+            let reason = if !drifted {
+                "InSync"
+            } else if r.summary.modified > 0 {
+                "ResourcesModified"
+            } else if r.summary.missing > 0 {
+                "ResourcesMissing"
+            } else {
+                "ResourcesAdded"
+            };
+            conditions.push(condition(previous, "Drifted", if drifted { "True" } else { "False" }, reason, drift_message.clone(), now));
+            let checked = format!("checked {} of {} resources", r.summary.resources - r.summary.errors, r.summary.resources);
+            conditions.push(condition(previous, "Ready", "True", "Checked", checked, now));
+        }
+    }
+    conditions.push(condition(previous, "ReleaseHealthy", if unhealthy { "False" } else { "True" }, health_reason, health_message.clone(), now));
+
+    let first_drift = drifted.then(|| {
+        previous.and_then(Written::first_drift_time).and_then(|t| t.parse::<jiff::Timestamp>().ok()).unwrap_or(now)
+    });
+    let mut truncated = drifted_objects.len() > MAX_RESOURCES;
+    let resources: Vec<crate::check::ResourceReport> = r
+        .resources
+        .iter()
+        .filter(|o| o.state != ObjectState::InSync)
+        .take(MAX_RESOURCES)
+        .cloned()
+        .map(|mut o| {
+            if o.fields.len() > MAX_FIELDS {
+                o.fields.truncate(MAX_FIELDS);
+                truncated = true;
+            }
+            o
+        })
+        .collect();
+    let status = DriftReportStatus {
+        release: Some(ReleaseInfo {
+            name: r.name.clone(),
+            namespace: r.namespace.clone(),
+            revision: r.revision,
+            chart: r.chart.clone(),
+            chart_version: r.chart_version.clone(),
+            chart_ref: if r.chart.is_empty() { String::new() } else { format!("{}-{}", r.chart, r.chart_version) },
+            app_version: r.app_version.clone(),
+            status: r.status.to_string(),
+            last_deployed: r.last_deployed.map(|t| t.to_string()),
+            apply_method: r.apply_method.to_string(),
+        }),
+        policy: Some(policy.to_string()),
+        drift: Some(if r.error.is_some() { "Unknown" } else if drifted { "Drifted" } else { "InSync" }.to_string()),
+        drifted_resources: Some(format!("{}/{}", drifted_objects.len(), r.summary.resources)),
+        summary: Some(r.summary),
+        resources,
+        truncated,
+        findings: r.findings.clone(),
+        first_drift_time: first_drift.map(|t| t.to_string()),
+        last_check_time: Some(now.to_string()),
+        heals: 0,
+        conditions,
+    };
+    Built { written: Written::from_status(&status), drifted, unhealthy, health_message, drift_message, first_drift }
+}
+
+/// The Event of a drift transition, if this check made one.
+pub fn transition_event(previously_drifted: Option<bool>, b: &Built) -> Option<Event> {
+    match (previously_drifted, b.drifted) {
+        (Some(true), true) | (None | Some(false), false) => None,
+        (_, true) => Some(Event {
+            type_: EventType::Warning,
+            reason: "DriftDetected".into(),
+            note: Some(b.drift_message.clone()),
+            action: "Check".into(),
+            secondary: None,
+        }),
+        (Some(true), false) => Some(Event {
+            type_: EventType::Normal,
+            reason: "DriftResolved".into(),
+            note: Some(b.drift_message.clone()),
+            action: "Check".into(),
+            secondary: None,
+        }),
+    }
+}
+
+/// Why a policy cannot be used: (reason, message).
+pub fn policy_problem(tenancy: &Tenancy, p: &DriftPolicy) -> Option<(&'static str, String)> {
+    if let Some(m) = tenancy.denial(p) {
+        return Some(("CrossNamespaceDenied", m));
+    }
+    if let Err(e) = IgnoreRules::compile(&p.spec.ignore) {
+        return Some(("InvalidPolicy", e.to_string()));
+    }
+    for (field, v) in [
+        ("interval", &p.spec.interval),
+        ("heal.after", &p.spec.heal.after),
+        ("health.pendingTimeout", &p.spec.health.pending_timeout),
+        ("health.staleAfter", &p.spec.health.stale_after),
+    ] {
+        if let Err(e) = parse_duration(v) {
+            return Some(("InvalidPolicy", format!("{field}: {e}")));
+        }
+    }
+    None
+}
+
+/// A policy's status without times (the caller adds them when it writes).
+pub fn policy_status(tenancy: &Tenancy, p: &DriftPolicy, matched: usize, drifted: usize, unhealthy: usize) -> Value {
+    let (status, reason, message) = match policy_problem(tenancy, p) {
+        Some((reason, message)) => ("False", reason, message),
+        None => ("True", "Active", format!("{matched} release(s) covered")),
+    };
+    json!({
+        "observedGeneration": p.metadata.generation,
+        "matchedReleases": matched,
+        "driftedReleases": drifted,
+        "unhealthyReleases": unhealthy,
+        "conditions": [{"type": "Ready", "status": status, "reason": reason, "message": message,
+                        "lastTransitionTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                        "observedGeneration": p.metadata.generation}]
+    })
+}

@@ -1,0 +1,219 @@
+//! `driftwatch run` as a process against the real control plane: policies yield one
+//! DriftReport per release with the documented columns; a `kubectl edit` turns the report
+//! Drifted (with a DriftDetected Event) and undoing it turns it back (DriftResolved); tenancy
+//! and precedence; reports go away with their release; metrics follow.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Helm, TestNamespace, kubectl};
+use serde_json::Value;
+
+struct ControllerProcess {
+    child: Child,
+    metrics_port: u16,
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_controller(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str) -> ControllerProcess {
+    kubectl(&["apply", "-f", &common::repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
+    let (metrics_port, health_port) = (free_port(), free_port());
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args([
+            "run",
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--health-addr",
+            &format!("127.0.0.1:{health_port}"),
+            "--cluster-policy-namespaces",
+            cluster_ns,
+            "--watch-namespaces",
+            &watch.join(","),
+        ])
+        .env("POD_NAMESPACE", own_ns)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("driftwatch run starts");
+    ControllerProcess { child, metrics_port }
+}
+
+/// Polls until `f` returns Some, failing after a generous timeout with what was last seen.
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn report(ns: &str, name: &str) -> Option<Value> {
+    let out = Command::new("kubectl").args(["get", "driftreport", name, "-n", ns, "-o", "json"]).output().unwrap();
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn condition<'a>(r: &'a Value, type_: &str) -> Option<&'a Value> {
+    r["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn drifted(r: &Value) -> Option<&str> {
+    condition(r, "Drifted").and_then(|c| c["status"].as_str())
+}
+
+fn apply_yaml(yaml: &str) {
+    let mut child = Command::new("kubectl").args(["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "kubectl apply:\n{yaml}");
+}
+
+fn events(ns: &str, reason: &str) -> usize {
+    let out = kubectl(&["get", "events", "-n", ns, "--field-selector", &format!("reason={reason}"), "-o", "name"]);
+    out.lines().count()
+}
+
+fn metric(port: u16, line_prefix: &str) -> Option<String> {
+    let body = ureq_get(port)?;
+    body.lines().find(|l| l.starts_with(line_prefix)).map(|l| l.rsplit(' ').next().unwrap().to_string())
+}
+
+fn ureq_get(port: u16) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+fn set_memory(ns: &str, deploy: &str, from: &str, to: &str) {
+    let out = Command::new("kubectl")
+        .args(["edit", &format!("deployment/{deploy}"), "-n", ns])
+        .env("KUBE_EDITOR", format!("sed -i s/memory:\\ {from}/memory:\\ {to}/"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kubectl edit: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn reports_follow_drift_as_it_happens() {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, "ctl").await;
+    let platform = TestNamespace::new(&client, "ctl-platform").await;
+    let n = ns.name.as_str();
+    Helm::V3.ok(&["install", "shop", &common::chart("fullstack"), "-n", n]);
+    Helm::V4.ok(&["install", "blog", &common::chart("fullstack"), "-n", n, "--set", "widget.enabled=false,statefulset.enabled=false"]);
+    let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
+    let ctl = start_controller(&platform.name, &platform.name, &[n], &log);
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: team, namespace: {n}}}\nspec:\n  interval: 1m\n"));
+
+    for rel in ["shop", "blog"] {
+        let r = wait_for(&format!("report {rel} checked"), 60, || report(n, rel).filter(|r| condition(r, "Ready").is_some_and(|c| c["status"] == "True")));
+        assert_eq!(drifted(&r), Some("False"), "{rel}: {}", r["status"]);
+        assert_eq!(r["status"]["policy"], format!("{n}/team"));
+        assert_eq!(r["status"]["drift"], "InSync");
+    }
+    // kubectl get driftreports shows the documented columns.
+    let table = kubectl(&["get", "driftreports", "-n", n]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "REVISION", "CHART", "RELEASE", "DRIFT", "RESOURCES", "LAST", "CHECK", "AGE"], "{table}");
+    assert!(table.lines().any(|l| l.starts_with("shop ") && l.contains("fullstack-1.0.0") && l.contains("deployed") && l.contains("InSync")), "{table}");
+    let wide = kubectl(&["get", "driftreports", "-A"]);
+    assert!(wide.starts_with("NAMESPACE"), "{wide}");
+
+    // Drift as it happens: edit, wait for Drifted=True; undo, wait for Drifted=False.
+    let mut latencies = Vec::new();
+    for round in 0..10 {
+        let t = Instant::now();
+        set_memory(n, "shop-fullstack", "512Mi", "1Gi");
+        wait_for("Drifted=True", 60, || report(n, "shop").filter(|r| drifted(r) == Some("True")));
+        latencies.push(t.elapsed());
+        if round == 0 {
+            let r = report(n, "shop").unwrap();
+            let res = &r["status"]["resources"][0];
+            assert_eq!(res["kind"], "Deployment");
+            assert_eq!(res["fields"][0]["manager"], "kubectl-edit");
+            assert_eq!(condition(&r, "Drifted").unwrap()["reason"], "ResourcesModified");
+            wait_for("DriftDetected event", 30, || (events(n, "DriftDetected") > 0).then_some(()));
+            assert_eq!(metric(ctl.metrics_port, &format!("helm_drift_detected{{namespace=\"{n}\",release=\"shop\"}}")).as_deref(), Some("1"));
+        }
+        let t = Instant::now();
+        set_memory(n, "shop-fullstack", "1Gi", "512Mi");
+        wait_for("Drifted=False", 60, || report(n, "shop").filter(|r| drifted(r) == Some("False")));
+        latencies.push(t.elapsed());
+    }
+    wait_for("DriftResolved event", 30, || (events(n, "DriftResolved") > 0).then_some(()));
+    assert_eq!(metric(ctl.metrics_port, &format!("helm_drift_detected{{namespace=\"{n}\",release=\"shop\"}}")).as_deref(), Some("0"));
+    assert!(metric(ctl.metrics_port, &format!("helm_release_info{{app_version=\"2.4.1\",chart=\"fullstack\",chart_version=\"1.0.0\",namespace=\"{n}\",release=\"blog\",status=\"deployed\"}}")).is_some());
+    latencies.sort();
+    let ms = |d: Duration| d.as_millis();
+    eprintln!(
+        "edit-to-status latency over {} edits: p50 {} ms, p99 {} ms, max {} ms",
+        latencies.len(),
+        ms(latencies[latencies.len() / 2]),
+        ms(latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)]),
+        ms(*latencies.last().unwrap())
+    );
+    // One Event per transition, not per check.
+    assert_eq!(events(n, "DriftDetected"), 1, "Events are aggregated by the recorder into one series");
+
+    // The report goes when the release goes.
+    Helm::V4.ok(&["uninstall", "blog", "-n", n]);
+    wait_for("blog's report deleted", 60, || report(n, "blog").is_none().then_some(()));
+    assert!(report(n, "shop").is_some());
+}
+
+#[tokio::test]
+async fn tenancy_and_precedence() {
+    let client = common::client().await;
+    let tenant = TestNamespace::new(&client, "tenant").await;
+    let other = TestNamespace::new(&client, "tenant-other").await;
+    let platform = TestNamespace::new(&client, "tenancy-platform").await;
+    let (t, o, p) = (tenant.name.as_str(), other.name.as_str(), platform.name.as_str());
+    Helm::V3.ok(&["install", "app", &common::chart("fullstack"), "-n", t, "--set", "widget.enabled=false"]);
+    Helm::V3.ok(&["install", "app", &common::chart("fullstack"), "-n", o, "--set", "widget.enabled=false"]);
+    let log = format!("{}/controller-{t}.log", std::env::temp_dir().display());
+    let _ctl = start_controller(p, p, &[t, o, p], &log);
+
+    // A tenant policy reaching into another namespace is refused and reports nothing there.
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: grabby, namespace: {t}}}\nspec:\n  releaseSelector:\n    namespaces: [{o}]\n"));
+    let dp = wait_for("CrossNamespaceDenied", 60, || {
+        let out = Command::new("kubectl").args(["get", "driftpolicy", "grabby", "-n", t, "-o", "json"]).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let ready = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+        (ready["reason"] == "CrossNamespaceDenied").then_some(ready)
+    });
+    assert_eq!(dp["status"], "False");
+    assert!(dp["message"].as_str().unwrap().contains("selects releases outside its namespace"), "{dp}");
+
+    // A cluster policy covers both namespaces; the tenant's own-namespace policy wins in its
+    // namespace.
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: cluster, namespace: {p}}}\nspec: {{}}\n"));
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: own, namespace: {t}}}\nspec: {{}}\n"));
+    let in_other = wait_for("report in the other namespace", 60, || report(o, "app").filter(|r| r["status"]["policy"].is_string()));
+    assert_eq!(in_other["status"]["policy"], format!("{p}/cluster"));
+    let in_tenant = wait_for("the tenant policy wins", 60, || report(t, "app").filter(|r| r["status"]["policy"] == format!("{t}/own")));
+    assert_eq!(drifted(&in_tenant), Some("False"));
+    // Policy status counts what it covers.
+    let counts = wait_for("policy counts", 60, || {
+        let out = kubectl(&["get", "driftpolicy", "cluster", "-n", p, "-o", "jsonpath={.status.matchedReleases}"]);
+        (out.trim() == "1").then_some(out)
+    });
+    assert_eq!(counts.trim(), "1");
+}

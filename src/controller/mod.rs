@@ -221,6 +221,7 @@ impl Controller {
         if changed || stale {
             match self.write_report(ns, name, &built.written.full).await {
                 Ok(reference) => {
+                    tracing::info!(namespace = ns, release = name, drifted = built.drifted, "DriftReport written");
                     if let Some(ev) = status::transition_event(previous.as_ref().map(|m| m.drifted), &built) {
                         let _ = self.recorder.publish(&ev, &reference).await;
                     }

@@ -81,9 +81,73 @@ pub struct CheckSettings<'a> {
     pub concurrency: usize,
 }
 
+/// A decoded revision as checks need it: the release's metadata and its parsed manifest. The
+/// user values are dropped (never kept, never shown).
+pub struct DecodedRelease {
+    pub release: crate::helm::Release,
+    pub split: crate::helm::manifest::SplitManifest,
+}
+
+/// Decoded revisions by (namespace, release, revision): a revision's manifest never changes, so
+/// a re-check needs no GET and no parse. One revision per release is kept.
+#[derive(Default)]
+pub struct ReleaseCache {
+    map: std::sync::Mutex<std::collections::HashMap<(String, String, u32), std::sync::Arc<DecodedRelease>>>,
+}
+
+impl ReleaseCache {
+    fn get(&self, ns: &str, name: &str, rev: u32) -> Option<std::sync::Arc<DecodedRelease>> {
+        self.map.lock().expect("cache lock").get(&(ns.to_string(), name.to_string(), rev)).cloned()
+    }
+
+    fn insert(&self, ns: &str, name: &str, rev: u32, d: std::sync::Arc<DecodedRelease>) {
+        let mut m = self.map.lock().expect("cache lock");
+        m.retain(|(n, r, _), _| !(n == ns && r == name));
+        m.insert((ns.to_string(), name.to_string(), rev), d);
+    }
+
+    /// Forgets a release (uninstalled, or no longer covered).
+    pub fn forget(&self, ns: &str, name: &str) {
+        self.map.lock().expect("cache lock").retain(|(n, r, _), _| !(n == ns && r == name));
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("cache lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+async fn decoded(store: &ReleaseStore, cache: Option<&ReleaseCache>, record: &crate::helm::RecordMeta) -> Result<std::sync::Arc<DecodedRelease>, String> {
+    if let Some(hit) = cache.and_then(|c| c.get(&record.namespace, &record.release, record.revision)) {
+        return Ok(hit);
+    }
+    let mut release = store.fetch(record).await.map_err(|e| e.to_string())?;
+    release.config = Default::default();
+    let split = split_manifest(&release.manifest);
+    let d = std::sync::Arc::new(DecodedRelease { release, split });
+    if let Some(c) = cache {
+        c.insert(&record.namespace, &record.release, record.revision, d.clone());
+    }
+    Ok(d)
+}
+
 pub async fn check_release(
     store: &ReleaseStore,
     resolver: &Resolver,
+    history: &ReleaseHistory,
+    revision: Option<u32>,
+    settings: &CheckSettings<'_>,
+) -> ReleaseReport {
+    check_release_cached(store, resolver, None, history, revision, settings).await
+}
+
+pub async fn check_release_cached(
+    store: &ReleaseStore,
+    resolver: &Resolver,
+    cache: Option<&ReleaseCache>,
     history: &ReleaseHistory,
     revision: Option<u32>,
     settings: &CheckSettings<'_>,
@@ -122,19 +186,21 @@ pub async fn check_release(
             return report;
         }
     };
-    let release = match store.fetch(record).await {
-        Ok(r) => r,
+    let decoded = match decoded(store, cache, record).await {
+        Ok(d) => d,
         Err(e) => {
             report.revision = record.revision;
-            report.error = Some(e.to_string());
+            report.error = Some(e);
             return report;
         }
     };
+    let release = &decoded.release;
     report.revision = release.version;
     report.chart = release.chart.metadata.name.clone();
     report.chart_version = release.chart.metadata.version.clone();
     report.app_version = release.chart.metadata.app_version.clone();
-    report.status = release.info.status.clone();
+    // The record's label is current; a cached payload's status may be older.
+    report.status = record.status.clone();
     report.last_deployed = release.info.last_deployed;
     report.apply_method = release.apply_method;
     if latest.status == ReleaseStatus::Failed {
@@ -145,7 +211,7 @@ pub async fn check_release(
         });
     }
 
-    let split = split_manifest(&release.manifest);
+    let split = &decoded.split;
     for e in &split.errors {
         report.resources.push(ResourceReport {
             api_version: String::new(),

@@ -8,9 +8,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{TestNamespace, kubectl};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use common::{TestNamespace, kubectl, record_payload, write_record};
 use serde_json::{Value, json};
 
 fn driftwatch_env(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -20,26 +18,6 @@ fn driftwatch_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
-/// Writes a release record as Helm's secret driver would, with this manifest.
-async fn write_record(client: &kube::Client, ns: &str, name: &str, payload: String) {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": format!("sh.helm.release.v1.{name}.v1"),
-                     "labels": {"owner": "helm", "name": name, "version": "1", "status": "deployed"}},
-        "type": "helm.sh/release.v1",
-        "stringData": {"release": payload}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await.unwrap();
-}
-
-fn record_payload(ns: &str, name: &str, manifest: &str) -> String {
-    let rel = json!({"name": name, "namespace": ns, "version": 1,
-        "info": {"status": "deployed", "last_deployed": "2026-11-01T00:00:00Z", "description": "Install complete"},
-        "chart": {"metadata": {"name": "handmade", "version": "0.1.0", "appVersion": "1"}},
-        "manifest": manifest});
-    String::from_utf8(driftwatch::helm::release::encode_release_json(rel.to_string().as_bytes())).unwrap()
 }
 
 fn configmap(name: &str, ns: Option<&str>) -> String {

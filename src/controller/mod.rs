@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::sync::{Mutex, RwLock, Semaphore, mpsc};
 
 use crate::api::{DriftPolicy, DriftReport, parse_duration};
-use crate::check::{CheckSettings, check_release};
+use crate::check::{CheckSettings, ReleaseCache, check_release_cached};
 use crate::cluster::{ReleaseStore, Resolver};
 use crate::drift::IgnoreRules;
 use crate::helm::group_releases;
@@ -69,6 +69,7 @@ pub struct Controller {
     client: Client,
     store: ReleaseStore,
     resolver: Resolver,
+    cache: ReleaseCache,
     settings: Settings,
     policies: RwLock<Vec<DriftPolicy>>,
     memos: Mutex<HashMap<(String, String), Memo>>,
@@ -185,7 +186,7 @@ impl Controller {
         let ignore = IgnoreRules::compile(&policy.spec.ignore).unwrap_or_default();
         let settings = CheckSettings { ignore: &ignore, ignore_managers: &policy.spec.ignore_managers, confirm: true, concurrency: 8 };
         let started = Instant::now();
-        let report = check_release(&self.store, &self.resolver, &history, None, &settings).await;
+        let report = check_release_cached(&self.store, &self.resolver, Some(&self.cache), &history, None, &settings).await;
         self.metrics.check_duration.observe(started.elapsed().as_secs_f64());
         let result = if report.error.is_some() { "error" } else if report.drifted { "drifted" } else { "in_sync" };
         self.metrics.checks_total.with_label_values(&[result]).inc();
@@ -223,7 +224,9 @@ impl Controller {
                 Ok(reference) => {
                     tracing::info!(namespace = ns, release = name, drifted = built.drifted, "DriftReport written");
                     if let Some(ev) = status::transition_event(previous.as_ref().map(|m| m.drifted), &built) {
-                        let _ = self.recorder.publish(&ev, &reference).await;
+                        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+                            tracing::warn!(namespace = ns, release = name, reason = ev.reason, error = %e, "cannot publish the Event");
+                        }
                     }
                     let healthy_before = previous.as_ref().is_none_or(|m| !m.unhealthy);
                     if built.unhealthy && healthy_before {
@@ -234,7 +237,9 @@ impl Controller {
                             action: "Check".into(),
                             secondary: None,
                         };
-                        let _ = self.recorder.publish(&ev, &reference).await;
+                        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+                            tracing::warn!(namespace = ns, release = name, error = %e, "cannot publish the Event");
+                        }
                     }
                     let drift_changed = previous.as_ref().is_none_or(|m| m.drifted != built.drifted || m.policy != pkey);
                     self.memos.lock().await.insert(
@@ -283,6 +288,7 @@ impl Controller {
 
     async fn remove_report(&self, ns: &str, name: &str, why: &str) {
         let had = self.memos.lock().await.remove(&(ns.to_string(), name.to_string())).is_some();
+        self.cache.forget(ns, name);
         self.metrics.forget_release(ns, name);
         if !self.is_leader() {
             return;
@@ -368,6 +374,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     let ctl = Arc::new(Controller {
         store: ReleaseStore::new(client.clone()),
         resolver: Resolver::new(client.clone()),
+        cache: ReleaseCache::default(),
         client: client.clone(),
         settings: settings.clone(),
         policies: RwLock::new(Vec::new()),

@@ -159,3 +159,24 @@ pub async fn delete_namespace(client: &Client, name: &str) {
         .delete(name, &DeleteParams::default())
         .await;
 }
+
+/// Writes a release record as Helm's secret driver would, with this manifest.
+pub async fn write_record(client: &kube::Client, ns: &str, name: &str, payload: String) {
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("sh.helm.release.v1.{name}.v1"),
+                     "labels": {"owner": "helm", "name": name, "version": "1", "status": "deployed"}},
+        "type": "helm.sh/release.v1",
+        "stringData": {"release": payload}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await.unwrap();
+}
+
+pub fn record_payload(ns: &str, name: &str, manifest: &str) -> String {
+    let rel = serde_json::json!({"name": name, "namespace": ns, "version": 1,
+        "info": {"status": "deployed", "last_deployed": "2026-11-01T00:00:00Z", "description": "Install complete"},
+        "chart": {"metadata": {"name": "handmade", "version": "0.1.0", "appVersion": "1"}},
+        "manifest": manifest});
+    String::from_utf8(driftwatch::helm::release::encode_release_json(rel.to_string().as_bytes())).unwrap()
+}
+

@@ -42,6 +42,8 @@ fn start_controller(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str) -
             cluster_ns,
             "--watch-namespaces",
             &watch.join(","),
+            "--log-format",
+            "json",
         ])
         .env("POD_NAMESPACE", own_ns)
         .stdout(Stdio::null())
@@ -164,6 +166,11 @@ async fn reports_follow_drift_as_it_happens() {
     wait_for("DriftResolved event", 30, || (events(n, "DriftResolved") > 0).then_some(()));
     assert_eq!(metric(ctl.metrics_port, &format!("helm_drift_detected{{namespace=\"{n}\",release=\"shop\"}}")).as_deref(), Some("0"));
     assert!(metric(ctl.metrics_port, &format!("helm_release_info{{app_version=\"2.4.1\",chart=\"fullstack\",chart_version=\"1.0.0\",namespace=\"{n}\",release=\"blog\",status=\"deployed\"}}")).is_some());
+    let deployed = metric(ctl.metrics_port, &format!("helm_release_last_deployed_timestamp{{namespace=\"{n}\",release=\"shop\"}}")).unwrap();
+    assert!(deployed.parse::<f64>().unwrap() > 1.7e9, "{deployed}");
+    // --log-format json: every log line is a JSON object.
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.lines().count() > 0 && logs.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "{logs}");
     latencies.sort();
     let ms = |d: Duration| d.as_millis();
     eprintln!(

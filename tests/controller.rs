@@ -274,3 +274,54 @@ async fn bad_input_becomes_conditions() {
     let good = wait_for("the good release's report", 60, || report(n, "good").filter(|r| condition(r, "Ready").is_some()));
     assert_eq!(drifted(&good), Some("False"));
 }
+
+/// The report's verdicts are the engine's: after the drift patterns of the engine's tests, the
+/// report lists the same objects, states and fields as `driftwatch check -o json`.
+#[tokio::test]
+async fn report_verdicts_equal_the_engine() {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, "ctl-verdicts").await;
+    let platform = TestNamespace::new(&client, "ctl-verdicts-platform").await;
+    let n = ns.name.as_str();
+    Helm::V4.ok(&["install", "app", &common::chart("fullstack"), "-n", n]);
+    let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
+    let _ctl = start_controller(&platform.name, &platform.name, &[n], &log);
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: p, namespace: {n}}}\nspec: {{interval: 1m}}\n"));
+    wait_for("first report", 60, || report(n, "app").filter(|r| condition(r, "Ready").is_some()));
+
+    set_memory(n, "app-fullstack", "512Mi", "1Gi");
+    kubectl(&["scale", "deployment/app-fullstack", "-n", n, "--replicas=4"]);
+    kubectl(&["patch", "deployment/app-fullstack", "-n", n, "--type=strategic", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","env":[{"name":"DEBUG","value":"1"}]}]}}}}"#]);
+    kubectl(&["label", "--overwrite", "service/app-fullstack", "-n", n, "app.kubernetes.io/version=0"]);
+    kubectl(&["delete", "configmap/app-cache-config", "-n", n]);
+    kubectl(&["patch", "secret/app-fullstack", "-n", n, "--type=merge", "-p", r#"{"stringData":{"password":"x"}}"#]);
+    kubectl(&["patch", "widget/app-fullstack", "-n", n, "--type=merge", "-p", r#"{"spec":{"color":"green"}}"#]);
+
+    let cli = || -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(["check", "app", "-n", n, "-o", "json"]).output().unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["releases"][0].clone()
+    };
+    let shape = |resources: &Value| -> Vec<String> {
+        let mut v: Vec<String> = resources
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["state"] != "InSync")
+            .map(|r| {
+                let fields: Vec<String> = r["fields"].as_array().map(|f| f.iter().map(|f| format!("{}:{}:{}", f["path"], f["change"], f["manager"])).collect()).unwrap_or_default();
+                format!("{} {} {} {:?}", r["kind"], r["name"], r["state"], fields)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let want = cli();
+    assert_eq!(want["summary"]["modified"], 4, "{}", want["summary"]);
+    let got = wait_for("the report to show every drift", 60, || {
+        let r = report(n, "app")?;
+        (r["status"]["summary"] == want["summary"] && shape(&r["status"]["resources"]) == shape(&want["resources"])).then_some(r)
+    });
+    assert_eq!(condition(&got, "Drifted").unwrap()["status"], "True");
+    assert_eq!(got["status"]["driftedResources"], format!("5/{}", want["summary"]["resources"]));
+    assert!(!got.to_string().contains("\"x\""), "no Secret value in the report");
+}

@@ -88,7 +88,18 @@ impl Controller {
         !self.settings.leader_elect || self.leader.load(Ordering::SeqCst)
     }
 
+    /// Whether this controller is responsible for a namespace (`--watch-namespaces`).
+    fn covers(&self, ns: &str) -> bool {
+        self.settings.watch_namespaces.is_empty() || self.settings.watch_namespaces.iter().any(|n| n == ns)
+    }
+
     fn enqueue(&self, w: Work) {
+        // Another controller may own the rest of the cluster: never act outside our namespaces.
+        if let Work::Release(ns, _) = &w {
+            if !self.covers(ns) {
+                return;
+            }
+        }
         let mut g = self.pending.lock().expect("queue lock");
         let (pending, inflight, dirty) = &mut *g;
         if inflight.contains(&w) {
@@ -136,12 +147,17 @@ impl Controller {
             }
         }
         // Reports of releases that are gone.
-        let reports: Api<DriftReport> = Api::all(self.client.clone());
-        if let Ok(list) = reports.list_metadata(&ListParams::default()).await {
-            for r in list.items {
-                let key = (r.metadata.namespace.clone().unwrap_or_default(), r.metadata.name.clone().unwrap_or_default());
-                if !seen.contains(&key) {
-                    self.enqueue(Work::Release(key.0, key.1));
+        for ns in self.namespaces() {
+            let reports: Api<DriftReport> = match &ns {
+                Some(n) => Api::namespaced(self.client.clone(), n),
+                None => Api::all(self.client.clone()),
+            };
+            if let Ok(list) = reports.list_metadata(&ListParams::default()).await {
+                for r in list.items {
+                    let key = (r.metadata.namespace.clone().unwrap_or_default(), r.metadata.name.clone().unwrap_or_default());
+                    if !seen.contains(&key) {
+                        self.enqueue(Work::Release(key.0, key.1));
+                    }
                 }
             }
         }

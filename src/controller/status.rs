@@ -233,3 +233,93 @@ pub fn policy_status(tenancy: &Tenancy, p: &DriftPolicy, matched: usize, drifted
                         "observedGeneration": p.metadata.generation}]
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::ResourceReport;
+    use crate::helm::{Driver, RecordMeta};
+
+    fn history(status: ReleaseStatus) -> ReleaseHistory {
+        let rec = RecordMeta {
+            driver: Driver::Secret,
+            namespace: "prod".into(),
+            object_name: "sh.helm.release.v1.shop.v2".into(),
+            release: "shop".into(),
+            revision: 2,
+            status,
+            labels: Default::default(),
+            created_at: None,
+            modified_at: None,
+        };
+        ReleaseHistory { namespace: "prod".into(), name: "shop".into(), driver: Driver::Secret, revisions: vec![rec] }
+    }
+
+    fn report(drifted: bool) -> ReleaseReport {
+        let state = if drifted { ObjectState::Modified } else { ObjectState::InSync };
+        let resources = vec![ResourceReport {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some("prod".into()),
+            name: "cm".into(),
+            state,
+            fields: vec![],
+            message: None,
+        }];
+        ReleaseReport {
+            name: "shop".into(),
+            namespace: "prod".into(),
+            revision: 2,
+            chart: "fullstack".into(),
+            chart_version: "1.0.0".into(),
+            app_version: "2".into(),
+            status: ReleaseStatus::Deployed,
+            last_deployed: None,
+            apply_method: Default::default(),
+            drifted,
+            summary: crate::check::summarize(&resources),
+            resources,
+            findings: vec![],
+            error: None,
+            confirmed_away: 0,
+        }
+    }
+
+    #[test]
+    fn unchanged_checks_compare_equal_and_keep_times() {
+        let t1: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t2: jiff::Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+        let a = build(&report(true), "ns/p", None, t1, &history(ReleaseStatus::Deployed));
+        let b = build(&report(true), "ns/p", Some(&a.written), t2, &history(ReleaseStatus::Deployed));
+        assert_eq!(a.written.comparable, b.written.comparable, "only the check time moved: no write");
+        assert_ne!(a.written.full, b.written.full);
+        assert_eq!(b.written.full["firstDriftTime"], "2026-01-01T00:00:00Z");
+        let c = build(&report(false), "ns/p", Some(&b.written), t2, &history(ReleaseStatus::Deployed));
+        let drifted = c.written.full["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Drifted").unwrap().clone();
+        assert_eq!((drifted["status"].as_str(), drifted["reason"].as_str()), (Some("False"), Some("InSync")));
+        assert_eq!(drifted["lastTransitionTime"], "2026-01-01T00:05:00Z");
+        assert!(c.written.full.get("firstDriftTime").is_none());
+    }
+
+    #[test]
+    fn events_only_on_transitions() {
+        let t: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let d = build(&report(true), "ns/p", None, t, &history(ReleaseStatus::Deployed));
+        let s = build(&report(false), "ns/p", None, t, &history(ReleaseStatus::Deployed));
+        assert_eq!(transition_event(None, &d).unwrap().reason, "DriftDetected");
+        assert_eq!(transition_event(Some(false), &d).unwrap().reason, "DriftDetected");
+        assert!(transition_event(Some(true), &d).is_none());
+        assert_eq!(transition_event(Some(true), &s).unwrap().reason, "DriftResolved");
+        assert!(transition_event(None, &s).is_none());
+        assert!(transition_event(Some(false), &s).is_none());
+    }
+
+    #[test]
+    fn unhealthy_releases() {
+        let t: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let b = build(&report(false), "ns/p", None, t, &history(ReleaseStatus::PendingUpgrade));
+        assert!(b.unhealthy);
+        let h = b.written.full["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ReleaseHealthy").unwrap().clone();
+        assert_eq!((h["status"].as_str(), h["reason"].as_str()), (Some("False"), Some("Pending")));
+    }
+}

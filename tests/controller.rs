@@ -8,7 +8,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Helm, TestNamespace, kubectl};
+use common::{Helm, TestNamespace, kubectl, wait_for};
 use serde_json::Value;
 
 struct ControllerProcess {
@@ -51,18 +51,6 @@ fn start_controller(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str) -
         .spawn()
         .expect("driftwatch run starts");
     ControllerProcess { child, metrics_port }
-}
-
-/// Polls until `f` returns Some, failing after a generous timeout with what was last seen.
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn report(ns: &str, name: &str) -> Option<Value> {

@@ -7,9 +7,9 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::Helm;
+use common::{Helm, wait_for};
 
 /// A second control plane, stopped when the test ends.
 struct OwnCluster {
@@ -93,16 +93,6 @@ fn start_replica(c: &OwnCluster, name: &str) -> Replica {
     Replica { name: name.into(), child, log }
 }
 
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn drift_status(c: &OwnCluster) -> Option<String> {
     c.try_kubectl(&["get", "driftreport", "shop", "-n", "app", "-o", "jsonpath={.status.drift}"]).filter(|s| !s.is_empty())

@@ -383,6 +383,25 @@ impl Controller {
     }
 }
 
+/// Watches one driver's release records (metadata only): a change re-checks its release.
+async fn watch_records<K>(me: Arc<Controller>, ns: Option<String>, cfg: watcher::Config)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let api: Api<PartialObjectMeta<K>> = match &ns {
+        Some(n) => Api::namespaced(me.client.clone(), n),
+        None => Api::all(me.client.clone()),
+    };
+    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    while let Some(ev) = stream.next().await {
+        if let Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) = ev {
+            if let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.labels().get("name").cloned()) {
+                me.enqueue(Work::Release(ns, name));
+            }
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, ready: Arc<AtomicBool>, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -452,39 +471,12 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
 
     // Release records (metadata only), both drivers.
     for ns in ctl.namespaces() {
-        let me = ctl.clone();
-        let ns2 = ns.clone();
-        tasks.spawn(async move {
-            let api: Api<PartialObjectMeta<Secret>> = match &ns2 {
-                Some(n) => Api::namespaced(me.client.clone(), n),
-                None => Api::all(me.client.clone()),
-            };
-            let cfg = watcher::Config::default().labels(crate::helm::storage::OWNER_SELECTOR).fields(&format!("type={}", crate::helm::storage::SECRET_TYPE));
-            let mut stream = watcher(api, cfg).default_backoff().boxed();
-            while let Some(ev) = stream.next().await {
-                if let Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) = ev {
-                    if let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.labels().get("name").cloned()) {
-                        me.enqueue(Work::Release(ns, name));
-                    }
-                }
-            }
-        });
-        let me = ctl.clone();
-        tasks.spawn(async move {
-            let api: Api<PartialObjectMeta<ConfigMap>> = match &ns {
-                Some(n) => Api::namespaced(me.client.clone(), n),
-                None => Api::all(me.client.clone()),
-            };
-            let cfg = watcher::Config::default().labels(crate::helm::storage::OWNER_SELECTOR);
-            let mut stream = watcher(api, cfg).default_backoff().boxed();
-            while let Some(ev) = stream.next().await {
-                if let Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) = ev {
-                    if let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.labels().get("name").cloned()) {
-                        me.enqueue(Work::Release(ns, name));
-                    }
-                }
-            }
-        });
+        let secrets = watcher::Config::default()
+            .labels(crate::helm::storage::OWNER_SELECTOR)
+            .fields(&format!("type={}", crate::helm::storage::SECRET_TYPE));
+        tasks.spawn(watch_records::<Secret>(ctl.clone(), ns.clone(), secrets));
+        let config_maps = watcher::Config::default().labels(crate::helm::storage::OWNER_SELECTOR);
+        tasks.spawn(watch_records::<ConfigMap>(ctl.clone(), ns, config_maps));
     }
 
     // The safety net: a full re-check every (shortest) policy interval.

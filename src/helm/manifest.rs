@@ -19,7 +19,7 @@ pub struct DesiredObject {
     pub namespace: Option<String>,
     /// The template path from the `# Source:` comment.
     pub template: Option<String>,
-    /// Position of the document in the manifest (0-based, after skipping empty ones).
+    /// Position of the document in the manifest (0-based; empty documents are not counted).
     pub index: usize,
     pub object: Value,
 }

@@ -180,3 +180,15 @@ pub fn record_payload(ns: &str, name: &str, manifest: &str) -> String {
     String::from_utf8(driftwatch::helm::release::encode_release_json(rel.to_string().as_bytes())).unwrap()
 }
 
+
+/// Polls until `f` returns Some, failing after a generous timeout with what was awaited.
+pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

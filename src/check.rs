@@ -96,7 +96,7 @@ pub struct ReleaseCache {
 }
 
 impl ReleaseCache {
-    fn get(&self, ns: &str, name: &str, rev: u32) -> Option<std::sync::Arc<DecodedRelease>> {
+    pub fn get(&self, ns: &str, name: &str, rev: u32) -> Option<std::sync::Arc<DecodedRelease>> {
         self.map.lock().expect("cache lock").get(&(ns.to_string(), name.to_string(), rev)).cloned()
     }
 

@@ -313,3 +313,79 @@ async fn report_verdicts_equal_the_engine() {
     assert_eq!(got["status"]["driftedResources"], format!("5/{}", want["summary"]["resources"]));
     assert!(!got.to_string().contains("\"x\""), "no Secret value in the report");
 }
+
+fn jsonpath(ns: &str, what: &str, path: &str) -> String {
+    kubectl(&["get", what, "-n", ns, "-o", &format!("jsonpath={path}")])
+}
+
+/// Heal mode: drift is put back the way Helm would (field manager `helm`), a missing object is
+/// recreated with Helm's stamps, ignored paths are never touched, Secret values never appear,
+/// and the next `helm upgrade` (no force flag) and `helm rollback` still work.
+async fn heals(helm: Helm) {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, &format!("heal-{}", helm.short())).await;
+    let platform = TestNamespace::new(&client, &format!("heal-{}-platform", helm.short())).await;
+    let n = ns.name.as_str();
+    let chart = common::chart("fullstack");
+    helm.ok(&["install", "app", &chart, "-n", n, "--set", "statefulset.enabled=false"]);
+    let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
+    let _ctl = start_controller(&platform.name, &platform.name, &[n], &log);
+    apply_yaml(&format!(
+        "apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: heal, namespace: {n}}}\nspec:\n  mode: Heal\n  interval: 1m\n  ignore:\n  - paths: [/spec/replicas]\n    target: {{kind: Deployment}}\n"
+    ));
+    wait_for("first report", 60, || report(n, "app").filter(|r| drifted(r) == Some("False")));
+
+    set_memory(n, "app-fullstack", "512Mi", "1Gi");
+    kubectl(&["scale", "deployment/app-fullstack", "-n", n, "--replicas=5"]);
+    kubectl(&["delete", "configmap/app-cache-config", "-n", n]);
+    kubectl(&["patch", "secret/app-fullstack", "-n", n, "--type=merge", "-p", r#"{"stringData":{"password":"changed-by-hand"}}"#]);
+    kubectl(&["patch", "widget/app-fullstack", "-n", n, "--type=merge", "-p", r#"{"spec":{"color":"red"}}"#]);
+
+    let mem = "{.spec.template.spec.containers[0].resources.limits.memory}";
+    wait_for("memory put back", 60, || (jsonpath(n, "deployment/app-fullstack", mem) == "512Mi").then_some(()));
+    wait_for("ConfigMap recreated", 60, || (kubectl(&["get", "configmap", "-n", n, "-o", "name"]).contains("configmap/app-cache-config")).then_some(()));
+    wait_for("Secret put back", 60, || {
+        let b64 = jsonpath(n, "secret/app-fullstack", "{.data.password}");
+        (b64 == "bm90LWEtcmVhbC1wYXNzd29yZA==").then_some(())
+    });
+    wait_for("custom resource put back", 60, || (jsonpath(n, "widget/app-fullstack", "{.spec.color}") == "blue").then_some(()));
+    assert_eq!(jsonpath(n, "deployment/app-fullstack", "{.spec.replicas}"), "5", "an ignored path is never healed");
+    let r = wait_for("report back in sync", 60, || report(n, "app").filter(|r| drifted(r) == Some("False") && r["status"]["heals"].as_u64() >= Some(1)));
+    let healed = condition(&r, "Healed").unwrap();
+    assert_eq!((healed["status"].as_str(), healed["reason"].as_str()), (Some("True"), Some("HealSucceeded")), "{healed}");
+    let cm = jsonpath(n, "configmap/app-cache-config", "{.metadata.annotations.meta\\.helm\\.sh/release-name}");
+    assert_eq!(cm, "app", "recreated with Helm's ownership stamps");
+    let managed = kubectl(&["get", "deployment/app-fullstack", "-n", n, "-o", "json", "--show-managed-fields"]);
+    let managed: Value = serde_json::from_str(&managed).unwrap();
+    let by_helm = managed["metadata"]["managedFields"].as_array().unwrap().iter().any(|m| m["manager"] == "helm" && m["fieldsV1"].to_string().contains("f:memory"));
+    assert!(by_helm, "the healed field is owned by helm: {}", managed["metadata"]["managedFields"]);
+    wait_for("DriftHealed event", 30, || (events(n, "DriftHealed") > 0).then_some(()));
+    let everything = format!("{}{}", kubectl(&["get", "events", "-n", n, "-o", "json"]), std::fs::read_to_string(&log).unwrap());
+    assert!(!everything.contains("changed-by-hand") && !everything.contains("not-a-real-password"), "a Secret value leaked into Events or logs");
+    let r = report(n, "app").unwrap().to_string();
+    assert!(!r.contains("changed-by-hand") && !r.contains("not-a-real-password"), "a Secret value leaked into the report");
+
+    // The next helm upgrade (no force flag) and rollback work, and the result is in sync.
+    helm.ok(&["upgrade", "app", &chart, "-n", n, "--set", "statefulset.enabled=false,web.env.LOG_LEVEL=debug,config.data.greeting=hi"]);
+    let check = |what: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+            .args(["check", "app", "-n", n, "-o", "json", "--ignore-path", "Deployment:/spec/replicas"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["releases"][0]["drifted"], false, "{what}: {}", v["releases"][0]);
+    };
+    check("after helm upgrade");
+    helm.ok(&["rollback", "app", "1", "-n", n]);
+    check("after helm rollback");
+}
+
+#[tokio::test]
+async fn helm3_heals() {
+    heals(Helm::V3).await;
+}
+
+#[tokio::test]
+async fn helm4_heals() {
+    heals(Helm::V4).await;
+}

@@ -201,6 +201,10 @@ pub struct DriftReportStatus {
     pub last_check_time: Option<String>,
     #[serde(default)]
     pub heals: u32,
+    /// The latest heal: `{time, result, resources}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub last_heal: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -4,6 +4,7 @@
 //! change; emits Events on transitions; exports metrics. Every replica watches and checks; only
 //! the lease holder writes.
 
+pub mod healing;
 pub mod lease;
 pub mod policy;
 pub mod status;
@@ -75,6 +76,7 @@ pub struct Controller {
     memos: Mutex<HashMap<(String, String), Memo>>,
     policy_written: Mutex<HashMap<String, serde_json::Value>>,
     watched_kinds: Mutex<HashSet<(String, String)>>,
+    heals: Mutex<HashMap<(String, String), healing::HealState>>,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
     leader: Arc<AtomicBool>,
@@ -228,7 +230,14 @@ impl Controller {
             None => self.seed_memo(ns, name).await,
         };
         let now = jiff::Timestamp::now();
-        let built = status::build(&report, &pkey, previous.as_ref().map(|m| &m.status), now, &history);
+        let mut heal_events = Vec::new();
+        let heal_view = if policy.spec.mode == crate::api::Mode::Heal {
+            Some(self.heal(&key, &history, &report, &policy, &ignore, previous.as_ref(), now, &mut heal_events).await)
+        } else {
+            self.heals.lock().await.remove(&key);
+            None
+        };
+        let built = status::build(&report, &pkey, previous.as_ref().map(|m| &m.status), now, &history, heal_view.as_ref());
         self.metrics.set_release(&built.series(&report));
         if !self.is_leader() {
             return;
@@ -239,6 +248,11 @@ impl Controller {
             match self.write_report(ns, name, &built.written.full).await {
                 Ok(reference) => {
                     tracing::info!(namespace = ns, release = name, drifted = built.drifted, "DriftReport written");
+                    for ev in heal_events.drain(..) {
+                        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+                            tracing::warn!(namespace = ns, release = name, error = %e, "cannot publish the Event");
+                        }
+                    }
                     if let Some(ev) = status::transition_event(previous.as_ref().map(|m| m.drifted), &built) {
                         if let Err(e) = self.recorder.publish(&ev, &reference).await {
                             tracing::warn!(namespace = ns, release = name, reason = ev.reason, error = %e, "cannot publish the Event");
@@ -269,6 +283,72 @@ impl Controller {
                 Err(e) => tracing::warn!(namespace = ns, release = name, error = %e, "cannot write the DriftReport"),
             }
         }
+    }
+
+    /// Heals a release under a `Heal` policy when the guardrails allow, and says what the
+    /// report should show.
+    #[allow(clippy::too_many_arguments)]
+    async fn heal(
+        self: &Arc<Self>,
+        key: &(String, String),
+        history: &crate::helm::ReleaseHistory,
+        report: &crate::check::ReleaseReport,
+        policy: &DriftPolicy,
+        ignore: &IgnoreRules,
+        previous: Option<&Memo>,
+        now: jiff::Timestamp,
+        events: &mut Vec<KubeEvent>,
+    ) -> status::HealView {
+        let mut states = self.heals.lock().await;
+        let st = states.entry(key.clone()).or_default();
+        let spec = &policy.spec.heal;
+        let latest = history.latest();
+        let first_drift = previous
+            .and_then(|m| m.status.full.get("firstDriftTime").and_then(|v| v.as_str()).and_then(|t| t.parse::<jiff::Timestamp>().ok()))
+            .unwrap_or(now);
+        let after = parse_duration(&spec.after).unwrap_or_default();
+        let age = Duration::from_secs_f64(((now.as_millisecond() - first_drift.as_millisecond()).max(0) as f64) / 1000.0);
+        let warn = |reason: &str, note: String| KubeEvent { type_: EventType::Warning, reason: reason.into(), note: Some(note), action: "Heal".into(), secondary: None };
+        if report.drifted && report.error.is_none() && self.is_leader() {
+            st.times.retain(|t| t.elapsed() < Duration::from_secs(3600));
+            if latest.status.is_pending() {
+                st.condition = Some(("False".into(), "ReleasePending".into(), format!("revision {} is {}: nothing is healed while Helm holds its lock", latest.revision, latest.status)));
+            } else if age < after {
+                st.condition = Some(("False".into(), "HealDelayed".into(), format!("drift is {}s old; heal.after is {}", age.as_secs(), spec.after)));
+            } else if st.times.len() >= spec.max_per_hour as usize {
+                st.condition = Some(("False".into(), "RateLimited".into(), format!("{} heals in the last hour (heal.maxPerHour {})", st.times.len(), spec.max_per_hour)));
+            } else if let Some(decoded) = history.reference().and_then(|r| self.cache.get(&r.namespace, &r.release, r.revision)) {
+                let pass = healing::heal_release(&self.resolver, &decoded, report, policy, ignore, st).await;
+                let (ns, name) = (key.0.as_str(), key.1.as_str());
+                for (path, manager) in &pass.newly_contested {
+                    events.push(warn("HealContested", healing::settle_hint(path, manager)));
+                    self.metrics.heals_total.with_label_values(&[ns, name, "contested"]).inc();
+                }
+                if !pass.healed.is_empty() || !pass.failed.is_empty() {
+                    st.total += 1;
+                    st.times.push_back(Instant::now());
+                    let result = if pass.failed.is_empty() { "Succeeded" } else if pass.healed.is_empty() { "Failed" } else { "Partial" };
+                    st.last = Some(json!({"time": now.to_string(), "result": result, "resources": pass.healed}));
+                    self.metrics.heals_total.with_label_values(&[ns, name, &result.to_lowercase()]).inc();
+                    if !pass.healed.is_empty() {
+                        let note = format!("put back {}", pass.healed.join(", "));
+                        events.push(KubeEvent { type_: EventType::Normal, reason: "DriftHealed".into(), note: Some(note.clone()), action: "Heal".into(), secondary: None });
+                        st.condition = Some(("True".into(), "HealSucceeded".into(), note));
+                    }
+                    if !pass.failed.is_empty() {
+                        let note = pass.failed.iter().map(|(k, e)| format!("{k}: {e}")).collect::<Vec<_>>().join("; ");
+                        events.push(warn("HealFailed", note.clone()));
+                        st.condition = Some(("False".into(), "HealFailed".into(), note));
+                    }
+                    // Look again at once: the report should show the result of the heal.
+                    self.enqueue(Work::Release(key.0.clone(), key.1.clone()));
+                }
+            }
+        }
+        if let Some((path, manager)) = st.contested.iter().next() {
+            st.condition = Some(("False".into(), "HealContested".into(), healing::settle_hint(path, manager)));
+        }
+        status::HealView { heals: st.total, last_heal: st.last.clone(), condition: st.condition.clone() }
     }
 
     /// After a restart or a leader change: what the report already says, so an unchanged
@@ -416,6 +496,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         memos: Mutex::new(HashMap::new()),
         policy_written: Mutex::new(HashMap::new()),
         watched_kinds: Mutex::new(HashSet::new()),
+        heals: Mutex::new(HashMap::new()),
         metrics,
         recorder,
         leader: Arc::new(AtomicBool::new(false)),

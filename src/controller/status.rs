@@ -80,7 +80,16 @@ fn condition(previous: Option<&Written>, type_: &str, status: &str, reason: &str
     }
 }
 
-pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: jiff::Timestamp, history: &ReleaseHistory) -> Built {
+/// What healing adds to a report (Heal mode only).
+#[derive(Clone, Debug, Default)]
+pub struct HealView {
+    pub heals: u32,
+    pub last_heal: Option<Value>,
+    /// The `Healed` condition: status, reason, message.
+    pub condition: Option<(String, String, String)>,
+}
+
+pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: jiff::Timestamp, history: &ReleaseHistory, heal: Option<&HealView>) -> Built {
     let drifted_objects: Vec<&crate::check::ResourceReport> = r
         .resources
         .iter()
@@ -128,6 +137,9 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
         }
     }
     conditions.push(condition(previous, "ReleaseHealthy", if unhealthy { "False" } else { "True" }, health_reason, health_message.clone(), now));
+    if let Some((st, reason, message)) = heal.and_then(|h| h.condition.clone()) {
+        conditions.push(condition(previous, "Healed", &st, &reason, message, now));
+    }
 
     let first_drift = drifted.then(|| {
         previous.and_then(Written::first_drift_time).and_then(|t| t.parse::<jiff::Timestamp>().ok()).unwrap_or(now)
@@ -169,7 +181,8 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
         findings: r.findings.clone(),
         first_drift_time: first_drift.map(|t| t.to_string()),
         last_check_time: Some(now.to_string()),
-        heals: 0,
+        heals: heal.map_or(0, |h| h.heals),
+        last_heal: heal.and_then(|h| h.last_heal.clone()),
         conditions,
     };
     Built { written: Written::from_status(&status), drifted, unhealthy, health_message, drift_message, first_drift }
@@ -289,12 +302,12 @@ mod tests {
     fn unchanged_checks_compare_equal_and_keep_times() {
         let t1: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t2: jiff::Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
-        let a = build(&report(true), "ns/p", None, t1, &history(ReleaseStatus::Deployed));
-        let b = build(&report(true), "ns/p", Some(&a.written), t2, &history(ReleaseStatus::Deployed));
+        let a = build(&report(true), "ns/p", None, t1, &history(ReleaseStatus::Deployed), None);
+        let b = build(&report(true), "ns/p", Some(&a.written), t2, &history(ReleaseStatus::Deployed), None);
         assert_eq!(a.written.comparable, b.written.comparable, "only the check time moved: no write");
         assert_ne!(a.written.full, b.written.full);
         assert_eq!(b.written.full["firstDriftTime"], "2026-01-01T00:00:00Z");
-        let c = build(&report(false), "ns/p", Some(&b.written), t2, &history(ReleaseStatus::Deployed));
+        let c = build(&report(false), "ns/p", Some(&b.written), t2, &history(ReleaseStatus::Deployed), None);
         let drifted = c.written.full["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Drifted").unwrap().clone();
         assert_eq!((drifted["status"].as_str(), drifted["reason"].as_str()), (Some("False"), Some("InSync")));
         assert_eq!(drifted["lastTransitionTime"], "2026-01-01T00:05:00Z");
@@ -304,8 +317,8 @@ mod tests {
     #[test]
     fn events_only_on_transitions() {
         let t: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let d = build(&report(true), "ns/p", None, t, &history(ReleaseStatus::Deployed));
-        let s = build(&report(false), "ns/p", None, t, &history(ReleaseStatus::Deployed));
+        let d = build(&report(true), "ns/p", None, t, &history(ReleaseStatus::Deployed), None);
+        let s = build(&report(false), "ns/p", None, t, &history(ReleaseStatus::Deployed), None);
         assert_eq!(transition_event(None, &d).unwrap().reason, "DriftDetected");
         assert_eq!(transition_event(Some(false), &d).unwrap().reason, "DriftDetected");
         assert!(transition_event(Some(true), &d).is_none());
@@ -317,7 +330,7 @@ mod tests {
     #[test]
     fn unhealthy_releases() {
         let t: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let b = build(&report(false), "ns/p", None, t, &history(ReleaseStatus::PendingUpgrade));
+        let b = build(&report(false), "ns/p", None, t, &history(ReleaseStatus::PendingUpgrade), None);
         assert!(b.unhealthy);
         let h = b.written.full["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ReleaseHealthy").unwrap().clone();
         assert_eq!((h["status"].as_str(), h["reason"].as_str()), (Some("False"), Some("Pending")));

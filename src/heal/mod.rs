@@ -1,1 +1,189 @@
-//! Heal planning (pure) and execution.
+//! Healing: putting back exactly what drifted, as Helm would. The planner is pure — from the
+//! desired object, the live object and the drifted fields, the JSON Patch operations that
+//! restore the manifest's values (each guarded by a `test` of the live value, so a concurrent
+//! change makes the heal fail instead of overwriting it) — and never deletes an object.
+
+use serde_json::{Value, json};
+
+use crate::drift::compare::{escape_pointer, navigate};
+use crate::drift::managed::FieldKey;
+use crate::drift::{ChangeKind, FieldDrift};
+
+/// Helm's ownership stamps, as `helm install` puts them on every object.
+pub fn with_helm_stamps(object: &Value, release: &str, namespace: &str) -> Value {
+    let mut o = object.clone();
+    let meta = o.as_object_mut().and_then(|m| {
+        m.entry("metadata").or_insert_with(|| json!({}));
+        m.get_mut("metadata")?.as_object_mut()
+    });
+    if let Some(meta) = meta {
+        let labels = meta.entry("labels").or_insert_with(|| json!({}));
+        labels["app.kubernetes.io/managed-by"] = json!("Helm");
+        let ann = meta.entry("annotations").or_insert_with(|| json!({}));
+        ann["meta.helm.sh/release-name"] = json!(release);
+        ann["meta.helm.sh/release-namespace"] = json!(namespace);
+    }
+    o
+}
+
+/// Removes the ignored pointers from a desired object (a server-side apply of the rest leaves
+/// them to whoever owns them).
+pub fn without_paths(object: &Value, pointers: &[&str]) -> Value {
+    let mut o = object.clone();
+    for p in pointers {
+        if let Some((parent, last)) = p.rsplit_once('/') {
+            let key = last.replace("~1", "/").replace("~0", "~");
+            match o.pointer_mut(parent) {
+                Some(Value::Object(m)) => {
+                    m.remove(&key);
+                }
+                Some(Value::Array(a)) => {
+                    if let Ok(i) = key.parse::<usize>() {
+                        if i < a.len() {
+                            a.remove(i);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    o
+}
+
+fn split_pointer(p: &str) -> Vec<String> {
+    p.split('/').skip(1).map(|s| s.replace("~1", "/").replace("~0", "~")).collect()
+}
+
+fn join_pointer(segs: &[String]) -> String {
+    segs.iter().map(|s| format!("/{}", escape_pointer(s))).collect()
+}
+
+/// The JSON Patch that puts back `fields` (Modified and Removed; Added only with
+/// `remove_added`). `desired` is the prepared desired object (`normalize::desired_for_compare`),
+/// whose pointers the fields' paths are. Fields it cannot place are returned apart.
+pub fn plan_patch(desired: &Value, live: &Value, fields: &[FieldDrift], remove_added: bool) -> (Vec<Value>, Vec<String>) {
+    let mut ops = Vec::new();
+    let mut removals = Vec::new();
+    let mut unplaced = Vec::new();
+    for f in fields {
+        match f.change {
+            ChangeKind::Modified => {
+                let (Some((lv, lp)), Some(dv)) = (navigate(live, &f.locator), desired.pointer(&f.path)) else {
+                    unplaced.push(f.path.clone());
+                    continue;
+                };
+                ops.push(json!({"op": "test", "path": lp, "value": lv}));
+                ops.push(json!({"op": "replace", "path": lp, "value": dv}));
+            }
+            ChangeKind::Removed => {
+                // The deepest ancestor that exists live; add the desired subtree under it.
+                let segs = split_pointer(&f.path);
+                let Some(depth) = (0..f.locator.len()).rev().find(|&k| k == 0 || navigate(live, &f.locator[..k]).is_some()) else {
+                    unplaced.push(f.path.clone());
+                    continue;
+                };
+                let parent_ptr = if depth == 0 { String::new() } else { navigate(live, &f.locator[..depth]).map(|(_, p)| p).unwrap_or_default() };
+                let Some(value) = desired.pointer(&join_pointer(&segs[..=depth.min(segs.len() - 1)])) else {
+                    unplaced.push(f.path.clone());
+                    continue;
+                };
+                let target = match &f.locator[depth] {
+                    FieldKey::Field(name) => format!("{parent_ptr}/{}", escape_pointer(name)),
+                    FieldKey::Key(_) | FieldKey::Value(_) => format!("{parent_ptr}/-"),
+                    FieldKey::Index(i) => format!("{parent_ptr}/{i}"),
+                };
+                ops.push(json!({"op": "add", "path": target, "value": value}));
+            }
+            ChangeKind::Added if remove_added => match navigate(live, &f.locator) {
+                Some((lv, lp)) => removals.push((lp, lv.clone())),
+                None => unplaced.push(f.path.clone()),
+            },
+            ChangeKind::Added => {}
+        }
+    }
+    // Remove list items from the highest index down, so earlier removals do not shift later ones.
+    removals.sort_by(|a, b| b.0.cmp(&a.0));
+    for (p, v) in removals {
+        ops.push(json!({"op": "test", "path": p, "value": v}));
+        ops.push(json!({"op": "remove", "path": p}));
+    }
+    (ops, unplaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::{BuiltinSchema, Exclusions, diff_object, normalize::desired_for_compare};
+
+    fn plan(desired: Value, live: Value, remove_added: bool) -> Value {
+        let (_, fields) = diff_object(&desired, &live, &BuiltinSchema, Exclusions::default());
+        let (ops, unplaced) = plan_patch(&desired_for_compare(&desired), &live, &fields, remove_added);
+        assert!(unplaced.is_empty(), "{unplaced:?}");
+        let mut healed = live.clone();
+        json_patch::patch(&mut healed, &serde_json::from_value::<json_patch::Patch>(Value::Array(ops)).unwrap()).unwrap();
+        let (_, after) = diff_object(&desired, &healed, &BuiltinSchema, Exclusions::default());
+        assert!(after.iter().all(|f| f.change == ChangeKind::Added && !remove_added), "still drifted: {after:?}");
+        healed
+    }
+
+    #[test]
+    fn modified_fields_are_replaced_in_place() {
+        let d = json!({"kind": "Deployment", "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "a", "image": "x:1"}, {"name": "b", "image": "y:1"}]}}}});
+        let l = json!({"kind": "Deployment", "spec": {"replicas": 5, "template": {"spec": {"containers": [{"name": "b", "image": "y:2"}, {"name": "a", "image": "x:1"}]}}}});
+        let healed = plan(d, l, false);
+        assert_eq!(healed["spec"]["replicas"], 2);
+        assert_eq!(healed["spec"]["template"]["spec"]["containers"][0]["image"], "y:1", "matched by name, not index");
+    }
+
+    #[test]
+    fn removed_fields_and_items_are_added_back() {
+        let d = json!({"kind": "ConfigMap", "data": {"a": "1", "b": "2"}, "spec": {"env": [{"name": "A", "value": "1"}], "probe": {"path": "/h"}}});
+        let l = json!({"kind": "ConfigMap", "data": {"a": "1"}, "spec": {"env": []}});
+        let healed = plan(d, l, false);
+        assert_eq!(healed["data"]["b"], "2");
+        assert_eq!(healed["spec"]["probe"]["path"], "/h");
+    }
+
+    #[test]
+    fn secrets_heal_to_the_manifests_bytes() {
+        let d = json!({"apiVersion": "v1", "kind": "Secret", "stringData": {"p": "hunter2"}});
+        let l = json!({"apiVersion": "v1", "kind": "Secret", "data": {"p": "b3RoZXI="}});
+        let healed = plan(d, l, false);
+        assert_eq!(healed["data"]["p"], "aHVudGVyMg==");
+    }
+
+    #[test]
+    fn added_items_only_with_remove_added() {
+        let d = json!({"kind": "X", "spec": {"env": [{"name": "A", "value": "1"}]}});
+        let l = json!({"kind": "X", "metadata": {"managedFields": [{"manager": "kubectl-patch", "operation": "Update",
+            "fieldsV1": {"f:spec": {"f:env": {"k:{\"name\":\"B\"}": {".": {}, "f:name": {}}, "k:{\"name\":\"C\"}": {".": {}, "f:name": {}}}}}}]},
+            "spec": {"env": [{"name": "B"}, {"name": "A", "value": "1"}, {"name": "C"}]}});
+        let (_, fields) = diff_object(&d, &l, &BuiltinSchema, Exclusions::default());
+        let (ops, _) = plan_patch(&desired_for_compare(&d), &l, &fields, false);
+        assert!(ops.is_empty());
+        let (ops, _) = plan_patch(&desired_for_compare(&d), &l, &fields, true);
+        let mut healed = l.clone();
+        json_patch::patch(&mut healed, &serde_json::from_value::<json_patch::Patch>(Value::Array(ops)).unwrap()).unwrap();
+        assert_eq!(healed["spec"]["env"], json!([{"name": "A", "value": "1"}]));
+    }
+
+    #[test]
+    fn a_concurrent_change_fails_the_patch() {
+        let d = json!({"kind": "X", "spec": {"n": 1}});
+        let l = json!({"kind": "X", "spec": {"n": 2}});
+        let (_, fields) = diff_object(&d, &l, &BuiltinSchema, Exclusions::default());
+        let (ops, _) = plan_patch(&desired_for_compare(&d), &l, &fields, false);
+        let mut changed = json!({"kind": "X", "spec": {"n": 3}});
+        assert!(json_patch::patch(&mut changed, &serde_json::from_value::<json_patch::Patch>(Value::Array(ops)).unwrap()).is_err());
+    }
+
+    #[test]
+    fn stamps_and_ignored_paths() {
+        let o = with_helm_stamps(&json!({"kind": "ConfigMap", "metadata": {"name": "a"}}), "r", "ns");
+        assert_eq!(o["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
+        assert_eq!(o["metadata"]["annotations"]["meta.helm.sh/release-name"], "r");
+        let w = without_paths(&json!({"spec": {"replicas": 2, "x": 1}}), &["/spec/replicas"]);
+        assert_eq!(w, json!({"spec": {"x": 1}}));
+    }
+}

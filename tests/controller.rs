@@ -389,3 +389,42 @@ async fn helm3_heals() {
 async fn helm4_heals() {
     heals(Helm::V4).await;
 }
+
+/// A process that keeps putting its own value back with another field manager gets the path
+/// marked contested after three rounds; the report names it and the rule that would settle it;
+/// other paths are still healed.
+#[tokio::test]
+async fn contested_paths_stop_being_healed() {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, "contest").await;
+    let platform = TestNamespace::new(&client, "contest-platform").await;
+    let n = ns.name.as_str();
+    Helm::V3.ok(&["install", "app", &common::chart("fullstack"), "-n", n, "--set", "statefulset.enabled=false,widget.enabled=false"]);
+    let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
+    let _ctl = start_controller(&platform.name, &platform.name, &[n], &log);
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: heal, namespace: {n}}}\nspec: {{mode: Heal, interval: 1m}}\n"));
+    wait_for("first report", 60, || report(n, "app").filter(|r| drifted(r) == Some("False")));
+
+    let fight = || {
+        let out = Command::new("kubectl")
+            .args(["patch", "configmap/app-fullstack", "-n", n, "--field-manager=fighter", "--type=merge", "-p", r#"{"data":{"greeting":"mine"}}"#])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let greeting = || jsonpath(n, "configmap/app-fullstack", "{.data.greeting}");
+    for round in 1..=3 {
+        fight();
+        wait_for(&format!("heal round {round}"), 60, || (greeting() == "hello").then_some(()));
+    }
+    fight();
+    let r = wait_for("HealContested", 60, || report(n, "app").filter(|r| condition(r, "Healed").is_some_and(|c| c["reason"] == "HealContested")));
+    let msg = condition(&r, "Healed").unwrap()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("fighter") && msg.contains("/data/greeting") && msg.contains("ignore"), "{msg}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(greeting(), "mine", "a contested path is no longer healed");
+    wait_for("HealContested event", 30, || (events(n, "HealContested") > 0).then_some(()));
+    // Other paths are still healed.
+    set_memory(n, "app-fullstack", "512Mi", "1Gi");
+    wait_for("memory still healed", 60, || (jsonpath(n, "deployment/app-fullstack", "{.spec.template.spec.containers[0].resources.limits.memory}") == "512Mi").then_some(()));
+}

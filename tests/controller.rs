@@ -428,3 +428,70 @@ async fn contested_paths_stop_being_healed() {
     set_memory(n, "app-fullstack", "512Mi", "1Gi");
     wait_for("memory still healed", 60, || (jsonpath(n, "deployment/app-fullstack", "{.spec.template.spec.containers[0].resources.limits.memory}") == "512Mi").then_some(()));
 }
+
+/// heal.after leaves drift in place until it is old enough; heal.maxPerHour caps the heals;
+/// nothing is healed while the release is pending (a `helm upgrade --wait` killed midway).
+#[tokio::test]
+async fn heal_guardrails() {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, "guard").await;
+    let platform = TestNamespace::new(&client, "guard-platform").await;
+    let n = ns.name.as_str();
+    let chart = common::chart("fullstack");
+    Helm::V3.ok(&["install", "app", &chart, "-n", n, "--set", "statefulset.enabled=false,widget.enabled=false"]);
+    let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
+    let _ctl = start_controller(&platform.name, &platform.name, &[n], &log);
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: heal, namespace: {n}}}\nspec:\n  mode: Heal\n  interval: 1m\n  heal: {{after: 8s, maxPerHour: 2}}\n"));
+    wait_for("first report", 60, || report(n, "app").filter(|r| drifted(r) == Some("False")));
+    let greeting = || jsonpath(n, "configmap/app-fullstack", "{.data.greeting}");
+    let drift = |v: &str| kubectl(&["patch", "configmap/app-fullstack", "-n", n, "--type=merge", "-p", &format!(r#"{{"data":{{"greeting":"{v}"}}}}"#)]);
+
+    // heal.after: the drift stays for 8 s, then is healed.
+    let t = Instant::now();
+    drift("one");
+    let r = wait_for("HealDelayed", 30, || report(n, "app").filter(|r| condition(r, "Healed").is_some_and(|c| c["reason"] == "HealDelayed")));
+    assert_eq!(drifted(&r), Some("True"));
+    wait_for("healed after the grace", 60, || (greeting() == "hello").then_some(()));
+    assert!(t.elapsed() >= Duration::from_secs(8), "healed before heal.after: {:?}", t.elapsed());
+
+    // maxPerHour 2: the second drift is healed, the third is not.
+    drift("two");
+    wait_for("second heal", 60, || (greeting() == "hello").then_some(()));
+    drift("three");
+    let r = wait_for("RateLimited", 60, || report(n, "app").filter(|r| condition(r, "Healed").is_some_and(|c| c["reason"] == "RateLimited")));
+    assert_eq!(r["status"]["heals"], 2);
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(greeting(), "three", "a third heal within the hour");
+}
+
+#[tokio::test]
+async fn nothing_is_healed_while_pending() {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, "pending").await;
+    let platform = TestNamespace::new(&client, "pending-platform").await;
+    let n = ns.name.as_str();
+    let chart = common::chart("fullstack");
+    Helm::V3.ok(&["install", "app", &chart, "-n", n, "--set", "statefulset.enabled=false,widget.enabled=false"]);
+    // No kubelet: --wait never ends; kill helm midway and the release stays pending-upgrade.
+    let mut upgrade = Command::new(Helm::V3.binary())
+        .args(["upgrade", "app", &chart, "-n", n, "--wait", "--timeout", "10m", "--set", "statefulset.enabled=false,widget.enabled=false,replicaCount=3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("pending-upgrade", 60, || {
+        let s = kubectl(&["get", "secret", "-n", n, "-l", "owner=helm,status=pending-upgrade", "-o", "name"]);
+        (!s.trim().is_empty()).then_some(())
+    });
+    upgrade.kill().unwrap();
+    let _ = upgrade.wait();
+    let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
+    let _ctl = start_controller(&platform.name, &platform.name, &[n], &log);
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: heal, namespace: {n}}}\nspec: {{mode: Heal, interval: 1m}}\n"));
+    kubectl(&["patch", "configmap/app-fullstack", "-n", n, "--type=merge", "-p", r#"{"data":{"greeting":"pending"}}"#]);
+    let r = wait_for("ReleasePending", 60, || report(n, "app").filter(|r| condition(r, "Healed").is_some_and(|c| c["reason"] == "ReleasePending")));
+    assert_eq!(condition(&r, "ReleaseHealthy").unwrap()["status"], "False");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(jsonpath(n, "configmap/app-fullstack", "{.data.greeting}"), "pending", "healed while pending");
+    assert_eq!(report(n, "app").unwrap()["status"]["heals"], 0);
+}

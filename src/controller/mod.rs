@@ -315,8 +315,13 @@ impl Controller {
                 st.condition = Some(("False".into(), "ReleasePending".into(), format!("revision {} is {}: nothing is healed while Helm holds its lock", latest.revision, latest.status)));
             } else if age < after {
                 st.condition = Some(("False".into(), "HealDelayed".into(), format!("drift is {}s old; heal.after is {}", age.as_secs(), spec.after)));
+                // Nothing else may change before the grace ends: look again then.
+                self.recheck_after(key, after - age + Duration::from_millis(200));
             } else if st.times.len() >= spec.max_per_hour as usize {
                 st.condition = Some(("False".into(), "RateLimited".into(), format!("{} heals in the last hour (heal.maxPerHour {})", st.times.len(), spec.max_per_hour)));
+                if let Some(oldest) = st.times.front() {
+                    self.recheck_after(key, Duration::from_secs(3600).saturating_sub(oldest.elapsed()) + Duration::from_secs(1));
+                }
             } else if let Some(decoded) = history.reference().and_then(|r| self.cache.get(&r.namespace, &r.release, r.revision)) {
                 let pass = healing::heal_release(&self.resolver, &decoded, report, policy, ignore, st).await;
                 let (ns, name) = (key.0.as_str(), key.1.as_str());
@@ -349,6 +354,16 @@ impl Controller {
             st.condition = Some(("False".into(), "HealContested".into(), healing::settle_hint(path, manager)));
         }
         status::HealView { heals: st.total, last_heal: st.last.clone(), condition: st.condition.clone() }
+    }
+
+    /// Re-checks a release after a delay (a grace period or a rate limit ending).
+    fn recheck_after(self: &Arc<Self>, key: &(String, String), delay: Duration) {
+        let me = Arc::clone(self);
+        let work = Work::Release(key.0.clone(), key.1.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            me.enqueue(work);
+        });
     }
 
     /// After a restart or a leader change: what the report already says, so an unchanged

@@ -340,7 +340,11 @@ async fn heals(helm: Helm) {
     kubectl(&["delete", "configmap/app-cache-config", "-n", n]);
     kubectl(&["patch", "secret/app-fullstack", "-n", n, "--type=merge", "-p", r#"{"stringData":{"password":"changed-by-hand"}}"#]);
     kubectl(&["patch", "widget/app-fullstack", "-n", n, "--type=merge", "-p", r#"{"spec":{"color":"red"}}"#]);
+    kubectl(&["label", "--overwrite", "service/app-fullstack", "-n", n, "app.kubernetes.io/version=9.9.9"]);
+    kubectl(&["patch", "configmap/app-fullstack", "-n", n, "--type=json", "-p", r#"[{"op":"remove","path":"/data/greeting"}]"#]);
 
+    wait_for("label put back", 60, || (jsonpath(n, "service/app-fullstack", "{.metadata.labels.app\\.kubernetes\\.io/version}") == "2.4.1").then_some(()));
+    wait_for("removed field put back", 60, || (jsonpath(n, "configmap/app-fullstack", "{.data.greeting}") == "hello").then_some(()));
     let mem = "{.spec.template.spec.containers[0].resources.limits.memory}";
     wait_for("memory put back", 60, || (jsonpath(n, "deployment/app-fullstack", mem) == "512Mi").then_some(()));
     wait_for("ConfigMap recreated", 60, || (kubectl(&["get", "configmap", "-n", n, "-o", "name"]).contains("configmap/app-cache-config")).then_some(()));
@@ -445,24 +449,26 @@ async fn heal_guardrails() {
     Helm::V3.ok(&["install", "app", &chart, "-n", n, "--set", "statefulset.enabled=false,widget.enabled=false"]);
     let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
     let _ctl = start_controller(&platform.name, &platform.name, &[n], &log);
-    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: heal, namespace: {n}}}\nspec:\n  mode: Heal\n  interval: 1m\n  heal: {{after: 8s, maxPerHour: 2}}\n"));
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: heal, namespace: {n}}}\nspec:\n  mode: Heal\n  interval: 1m\n  heal: {{after: 30s, maxPerHour: 2}}\n"));
     wait_for("first report", 60, || report(n, "app").filter(|r| drifted(r) == Some("False")));
     let greeting = || jsonpath(n, "configmap/app-fullstack", "{.data.greeting}");
     let drift = |v: &str| kubectl(&["patch", "configmap/app-fullstack", "-n", n, "--type=merge", "-p", &format!(r#"{{"data":{{"greeting":"{v}"}}}}"#)]);
 
-    // heal.after: the drift stays for 8 s, then is healed.
+    // heal.after: the drift stays for 30 s, then is healed.
     let t = Instant::now();
     drift("one");
     let r = wait_for("HealDelayed", 30, || report(n, "app").filter(|r| condition(r, "Healed").is_some_and(|c| c["reason"] == "HealDelayed")));
     assert_eq!(drifted(&r), Some("True"));
-    wait_for("healed after the grace", 60, || (greeting() == "hello").then_some(()));
-    assert!(t.elapsed() >= Duration::from_secs(8), "healed before heal.after: {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(greeting(), "one", "healed before heal.after");
+    wait_for("healed after the grace", 90, || (greeting() == "hello").then_some(()));
+    assert!(t.elapsed() >= Duration::from_secs(30), "healed before heal.after: {:?}", t.elapsed());
 
-    // maxPerHour 2: the second drift is healed, the third is not.
+    // maxPerHour 2: the second drift is healed (after its own 30 s), the third is not.
     drift("two");
-    wait_for("second heal", 60, || (greeting() == "hello").then_some(()));
+    wait_for("second heal", 90, || (greeting() == "hello").then_some(()));
     drift("three");
-    let r = wait_for("RateLimited", 60, || report(n, "app").filter(|r| condition(r, "Healed").is_some_and(|c| c["reason"] == "RateLimited")));
+    let r = wait_for("RateLimited", 90, || report(n, "app").filter(|r| condition(r, "Healed").is_some_and(|c| c["reason"] == "RateLimited")));
     assert_eq!(r["status"]["heals"], 2);
     std::thread::sleep(Duration::from_secs(10));
     assert_eq!(greeting(), "three", "a third heal within the hour");

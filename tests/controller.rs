@@ -314,6 +314,29 @@ async fn report_verdicts_equal_the_engine() {
     assert!(!got.to_string().contains("\"x\""), "no Secret value in the report");
 }
 
+/// One namespace with release `app` of the test chart, a platform namespace of its own, and a
+/// controller watching it under the policy `p` with this spec (YAML lines, indented two).
+struct Scene {
+    ns: TestNamespace,
+    _platform: TestNamespace,
+    _ctl: ControllerProcess,
+    log: String,
+}
+
+impl Scene {
+    async fn new(prefix: &str, helm: Helm, set: &str, policy_spec: &str) -> Scene {
+        let client = common::client().await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        let platform = TestNamespace::new(&client, &format!("{prefix}-platform")).await;
+        helm.ok(&["install", "app", &common::chart("fullstack"), "-n", &ns.name, "--set", set]);
+        let log = format!("{}/controller-{}.log", std::env::temp_dir().display(), ns.name);
+        let ctl = start_controller(&platform.name, &platform.name, &[&ns.name], &log);
+        apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: p, namespace: {}}}\nspec:\n{policy_spec}", ns.name));
+        wait_for("first report", 60, || report(&ns.name, "app").filter(|r| drifted(r) == Some("False")));
+        Scene { ns, _platform: platform, _ctl: ctl, log }
+    }
+}
+
 fn jsonpath(ns: &str, what: &str, path: &str) -> String {
     kubectl(&["get", what, "-n", ns, "-o", &format!("jsonpath={path}")])
 }
@@ -322,18 +345,15 @@ fn jsonpath(ns: &str, what: &str, path: &str) -> String {
 /// recreated with Helm's stamps, ignored paths are never touched, Secret values never appear,
 /// and the next `helm upgrade` (no force flag) and `helm rollback` still work.
 async fn heals(helm: Helm) {
-    let client = common::client().await;
-    let ns = TestNamespace::new(&client, &format!("heal-{}", helm.short())).await;
-    let platform = TestNamespace::new(&client, &format!("heal-{}-platform", helm.short())).await;
-    let n = ns.name.as_str();
+    let scene = Scene::new(
+        &format!("heal-{}", helm.short()),
+        helm,
+        "statefulset.enabled=false",
+        "  mode: Heal\n  interval: 1m\n  ignore:\n  - paths: [/spec/replicas]\n    target: {kind: Deployment}\n",
+    )
+    .await;
+    let (n, log) = (scene.ns.name.as_str(), scene.log.as_str());
     let chart = common::chart("fullstack");
-    helm.ok(&["install", "app", &chart, "-n", n, "--set", "statefulset.enabled=false"]);
-    let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
-    let _ctl = start_controller(&platform.name, &platform.name, &[n], &log);
-    apply_yaml(&format!(
-        "apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: heal, namespace: {n}}}\nspec:\n  mode: Heal\n  interval: 1m\n  ignore:\n  - paths: [/spec/replicas]\n    target: {{kind: Deployment}}\n"
-    ));
-    wait_for("first report", 60, || report(n, "app").filter(|r| drifted(r) == Some("False")));
 
     set_memory(n, "app-fullstack", "512Mi", "1Gi");
     kubectl(&["scale", "deployment/app-fullstack", "-n", n, "--replicas=5"]);
@@ -364,7 +384,7 @@ async fn heals(helm: Helm) {
     let by_helm = managed["metadata"]["managedFields"].as_array().unwrap().iter().any(|m| m["manager"] == "helm" && m["fieldsV1"].to_string().contains("f:memory"));
     assert!(by_helm, "the healed field is owned by helm: {}", managed["metadata"]["managedFields"]);
     wait_for("DriftHealed event", 30, || (events(n, "DriftHealed") > 0).then_some(()));
-    let everything = format!("{}{}", kubectl(&["get", "events", "-n", n, "-o", "json"]), std::fs::read_to_string(&log).unwrap());
+    let everything = format!("{}{}", kubectl(&["get", "events", "-n", n, "-o", "json"]), std::fs::read_to_string(log).unwrap());
     assert!(!everything.contains("changed-by-hand") && !everything.contains("not-a-real-password"), "a Secret value leaked into Events or logs");
     let r = report(n, "app").unwrap().to_string();
     assert!(!r.contains("changed-by-hand") && !r.contains("not-a-real-password"), "a Secret value leaked into the report");
@@ -403,15 +423,8 @@ async fn helm4_heals() {
 /// other paths are still healed.
 #[tokio::test]
 async fn contested_paths_stop_being_healed() {
-    let client = common::client().await;
-    let ns = TestNamespace::new(&client, "contest").await;
-    let platform = TestNamespace::new(&client, "contest-platform").await;
-    let n = ns.name.as_str();
-    Helm::V3.ok(&["install", "app", &common::chart("fullstack"), "-n", n, "--set", "statefulset.enabled=false,widget.enabled=false"]);
-    let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
-    let _ctl = start_controller(&platform.name, &platform.name, &[n], &log);
-    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: heal, namespace: {n}}}\nspec: {{mode: Heal, interval: 1m}}\n"));
-    wait_for("first report", 60, || report(n, "app").filter(|r| drifted(r) == Some("False")));
+    let scene = Scene::new("contest", Helm::V3, "statefulset.enabled=false,widget.enabled=false", "  mode: Heal\n  interval: 1m\n").await;
+    let n = scene.ns.name.as_str();
 
     let fight = || {
         let out = Command::new("kubectl")
@@ -441,16 +454,8 @@ async fn contested_paths_stop_being_healed() {
 /// nothing is healed while the release is pending (a `helm upgrade --wait` killed midway).
 #[tokio::test]
 async fn heal_guardrails() {
-    let client = common::client().await;
-    let ns = TestNamespace::new(&client, "guard").await;
-    let platform = TestNamespace::new(&client, "guard-platform").await;
-    let n = ns.name.as_str();
-    let chart = common::chart("fullstack");
-    Helm::V3.ok(&["install", "app", &chart, "-n", n, "--set", "statefulset.enabled=false,widget.enabled=false"]);
-    let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
-    let _ctl = start_controller(&platform.name, &platform.name, &[n], &log);
-    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: heal, namespace: {n}}}\nspec:\n  mode: Heal\n  interval: 1m\n  heal: {{after: 30s, maxPerHour: 2}}\n"));
-    wait_for("first report", 60, || report(n, "app").filter(|r| drifted(r) == Some("False")));
+    let scene = Scene::new("guard", Helm::V3, "statefulset.enabled=false,widget.enabled=false", "  mode: Heal\n  interval: 1m\n  heal: {after: 30s, maxPerHour: 2}\n").await;
+    let n = scene.ns.name.as_str();
     let greeting = || jsonpath(n, "configmap/app-fullstack", "{.data.greeting}");
     let drift = |v: &str| kubectl(&["patch", "configmap/app-fullstack", "-n", n, "--type=merge", "-p", &format!(r#"{{"data":{{"greeting":"{v}"}}}}"#)]);
 

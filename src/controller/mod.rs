@@ -454,17 +454,23 @@ impl Controller {
         tokio::spawn(async move {
             let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(me.client.clone(), &resolved.resource);
             let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-            let mut initial = 0usize;
+            // Objects of this kind counted into the gauge; a re-list after a watch restart
+            // replaces the count rather than adding to it.
+            let (mut initial, mut counted) = (0f64, 0f64);
             while let Some(ev) = stream.next().await {
                 let meta = match ev {
                     Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => o.metadata,
+                    Ok(watcher::Event::Init) => {
+                        initial = 0.0;
+                        continue;
+                    }
                     Ok(watcher::Event::InitApply(_)) => {
-                        initial += 1;
+                        initial += 1.0;
                         continue;
                     }
                     Ok(watcher::Event::InitDone) => {
-                        me.metrics.watched_objects.add(initial as f64);
-                        initial = 0;
+                        me.metrics.watched_objects.add(initial - counted);
+                        counted = initial;
                         continue;
                     }
                     _ => continue,

@@ -75,36 +75,28 @@ impl ReleaseStore {
     /// Lists release records in one namespace or all (`None`), metadata only. A driver that
     /// cannot be listed (forbidden, say) is reported in `errors`; the other still is.
     pub async fn list(&self, namespace: Option<&str>) -> Listing {
+        self.list_selected(namespace, OWNER_SELECTOR).await
+    }
+
+    /// The records of one release (both drivers), metadata only.
+    pub async fn list_release(&self, namespace: &str, name: &str) -> Listing {
+        self.list_selected(Some(namespace), &format!("{OWNER_SELECTOR},name={name}")).await
+    }
+
+    /// Both drivers' records matching a label selector (which always includes `owner=helm`).
+    async fn list_selected(&self, namespace: Option<&str>, selector: &str) -> Listing {
         let scope = namespace.map_or_else(|| "all namespaces".to_string(), |n| format!("namespace {n}"));
         let mut out = Listing::default();
         let secrets: Api<Secret> = self.api(namespace);
-        let lp = ListParams::default().labels(OWNER_SELECTOR).fields(&format!("type={SECRET_TYPE}"));
+        let lp = ListParams::default().labels(selector).fields(&format!("type={SECRET_TYPE}"));
         match list_all(&secrets, lp).await {
             Ok(metas) => collect(Driver::Secret, metas, Some(SECRET_TYPE), &mut out),
             Err(source) => out.errors.push(StorageError::List { driver: Driver::Secret, scope: scope.clone(), source }),
         }
         let cms: Api<ConfigMap> = self.api(namespace);
-        match list_all(&cms, ListParams::default().labels(OWNER_SELECTOR)).await {
+        match list_all(&cms, ListParams::default().labels(selector)).await {
             Ok(metas) => collect(Driver::ConfigMap, metas, None, &mut out),
             Err(source) => out.errors.push(StorageError::List { driver: Driver::ConfigMap, scope, source }),
-        }
-        out
-    }
-
-    /// The records of one release (both drivers), metadata only.
-    pub async fn list_release(&self, namespace: &str, name: &str) -> Listing {
-        let mut out = Listing::default();
-        let selector = format!("{OWNER_SELECTOR},name={name}");
-        let secrets: Api<Secret> = self.api(Some(namespace));
-        let lp = ListParams::default().labels(&selector).fields(&format!("type={SECRET_TYPE}"));
-        match list_all(&secrets, lp).await {
-            Ok(metas) => collect(Driver::Secret, metas, Some(SECRET_TYPE), &mut out),
-            Err(source) => out.errors.push(StorageError::List { driver: Driver::Secret, scope: format!("namespace {namespace}"), source }),
-        }
-        let cms: Api<ConfigMap> = self.api(Some(namespace));
-        match list_all(&cms, ListParams::default().labels(&selector)).await {
-            Ok(metas) => collect(Driver::ConfigMap, metas, None, &mut out),
-            Err(source) => out.errors.push(StorageError::List { driver: Driver::ConfigMap, scope: format!("namespace {namespace}"), source }),
         }
         out
     }

@@ -44,7 +44,10 @@ pub struct Resolver {
     client: Client,
     resources: Mutex<HashMap<String, Result<Arc<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResource>>, ResolveError>>>,
     openapi_index: Mutex<Option<Option<Value>>>,
-    schemas: Mutex<HashMap<String, Option<Arc<Value>>>>,
+    /// A group-version document's `components.schemas`, by document path.
+    schemas: Mutex<HashMap<String, Option<Arc<serde_json::Map<String, Value>>>>>,
+    /// Each kind's schema, by "apiVersion kind" (made once: a check asks for every object).
+    kinds: std::sync::Mutex<HashMap<String, Option<Arc<OpenApiSchema>>>>,
     requests: AtomicUsize,
 }
 
@@ -58,6 +61,7 @@ impl Resolver {
             resources: Mutex::new(HashMap::new()),
             openapi_index: Mutex::new(None),
             schemas: Mutex::new(HashMap::new()),
+            kinds: std::sync::Mutex::new(HashMap::new()),
             requests: AtomicUsize::new(0),
         }
     }
@@ -106,21 +110,31 @@ impl Resolver {
     }
 
     /// The kind's schema from the server's OpenAPI v3 document; None when it has none.
-    pub async fn schema(&self, api_version: &str, kind: &str) -> Option<OpenApiSchema> {
+    pub async fn schema(&self, api_version: &str, kind: &str) -> Option<Arc<OpenApiSchema>> {
+        let key = format!("{api_version} {kind}");
+        if let Some(hit) = self.kinds.lock().expect("schema cache").get(&key) {
+            return hit.clone();
+        }
         let path = if api_version.contains('/') { format!("apis/{api_version}") } else { format!("api/{api_version}") };
-        let doc = {
+        let components = {
             let mut cache = self.schemas.lock().await;
             match cache.get(&path) {
                 Some(d) => d.clone(),
                 None => {
-                    let d = self.fetch_openapi(&path).await.map(Arc::new);
+                    // Only the schemas are kept, not the paths (memory).
+                    let d = self.fetch_openapi(&path).await.and_then(|mut doc| match doc.pointer_mut("/components/schemas").map(Value::take) {
+                        Some(Value::Object(m)) => Some(Arc::new(m)),
+                        _ => None,
+                    });
                     cache.insert(path.clone(), d.clone());
                     d
                 }
             }
-        }?;
+        };
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        OpenApiSchema::for_kind(&doc, group, version, kind)
+        let schema = components.and_then(|c| OpenApiSchema::for_kind_in(&c, group, version, kind)).map(Arc::new);
+        self.kinds.lock().expect("schema cache").insert(key, schema.clone());
+        schema
     }
 
     async fn fetch_openapi(&self, path: &str) -> Option<Value> {

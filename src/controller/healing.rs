@@ -107,7 +107,7 @@ pub async fn heal_release(
         };
         let schema = resolver.schema(&desired.api_version, &desired.kind).await;
         let schema: &dyn drift::Schema = match &schema {
-            Some(s) => s,
+            Some(s) => s.as_ref(),
             None => &drift::BuiltinSchema,
         };
         let (group, version) = desired.api_version.split_once('/').unwrap_or(("", &desired.api_version));

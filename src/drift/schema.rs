@@ -46,7 +46,12 @@ pub struct OpenApiSchema {
 impl OpenApiSchema {
     /// The schema of `group/version, kind` in a group-version's OpenAPI v3 document.
     pub fn for_kind(document: &Value, group: &str, version: &str, kind: &str) -> Option<Self> {
-        let components = document.pointer("/components/schemas")?.as_object()?;
+        let components = Arc::new(document.pointer("/components/schemas")?.as_object()?.clone());
+        Self::for_kind_in(&components, group, version, kind)
+    }
+
+    /// The same from a document's `components.schemas`, shared by all kinds of the document.
+    pub fn for_kind_in(components: &Arc<Map<String, Value>>, group: &str, version: &str, kind: &str) -> Option<Self> {
         let root = components.values().find(|def| {
             def.get("x-kubernetes-group-version-kind")
                 .and_then(Value::as_array)
@@ -58,7 +63,7 @@ impl OpenApiSchema {
                     })
                 })
         })?;
-        Some(OpenApiSchema { components: Arc::new(components.clone()), root: root.clone() })
+        Some(OpenApiSchema { components: components.clone(), root: root.clone() })
     }
 
     /// A schema from a bare JSON schema (a CRD's `openAPIV3Schema`; no `$ref`s).

@@ -260,11 +260,11 @@ async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow:
     if histories.is_empty() && listing.errors.len() == 2 {
         anyhow::bail!("could not read Helm's release storage");
     }
-    let settings = CheckSettings { ignore: &ignore, ignore_managers: &opts.ignore_manager, confirm: opts.confirm, concurrency: 8 };
-    let mut reports = Vec::new();
-    for h in &histories {
-        reports.push(check_release(&store, &resolver, h, opts.revision, &settings).await);
-    }
+    let settings = CheckSettings { ignore: &ignore, ignore_managers: &opts.ignore_manager, confirm: opts.confirm, concurrency: 8, reuse: None };
+    // Several releases at once (the API server answers in parallel); reported in order.
+    use futures::StreamExt as _;
+    let pending: Vec<_> = histories.iter().map(|h| check_release(&store, &resolver, h, opts.revision, &settings)).collect();
+    let reports: Vec<_> = futures::stream::iter(pending).buffered(8).collect().await;
     let text = match opts.output {
         CheckOutput::Text => {
             use std::io::IsTerminal as _;

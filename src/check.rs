@@ -24,6 +24,10 @@ pub struct ResourceReport {
     pub fields: Vec<FieldDrift>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The version of the live object this verdict was made from ([`change_token`]; None:
+    /// absent or unread).
+    #[serde(skip)]
+    pub change_token: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -79,6 +83,17 @@ pub struct CheckSettings<'a> {
     pub confirm: bool,
     /// Objects checked at once.
     pub concurrency: usize,
+    /// Earlier verdicts of objects that have not changed since (the controller's watches know).
+    pub reuse: Option<&'a dyn Reuse>,
+}
+
+/// Lets a re-check skip reading an object that has not changed since an earlier check: the
+/// controller knows each object's current resourceVersion from its watches, and a verdict made
+/// from that same version of the object (same revision, same policy) still holds.
+pub trait Reuse: Sync {
+    /// The earlier verdict for this object (and how many fields its dry-run dismissed), when
+    /// the object is still at the resourceVersion that verdict was made from.
+    fn unchanged(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<(ResourceReport, usize)>;
 }
 
 /// A decoded revision as checks need it: the release's metadata and its parsed manifest. The
@@ -86,6 +101,38 @@ pub struct CheckSettings<'a> {
 pub struct DecodedRelease {
     pub release: crate::helm::Release,
     pub split: crate::helm::manifest::SplitManifest,
+}
+
+/// Decoded revisions kept at most (memory: a manifest as objects is ~10× its gzipped size).
+pub const CACHED_RELEASES: usize = 128;
+
+/// What identifies a version of a live object as far as drift goes, from its metadata. For
+/// kinds whose API server bumps `metadata.generation` on every spec change (workloads, HPAs,
+/// PDBs, Ingresses) it is the generation plus a hash of the metadata a manifest can set, so
+/// a status update (the controllers' daily chatter) is not a change; for every other kind it
+/// is the resourceVersion.
+pub fn change_token(api_version: &str, kind: &str, metadata: &Value) -> String {
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    let spec_generation = matches!(
+        (group, kind),
+        ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+            | ("batch", "Job" | "CronJob")
+            | ("autoscaling", "HorizontalPodAutoscaler")
+            | ("policy", "PodDisruptionBudget")
+            | ("networking.k8s.io", "Ingress")
+    );
+    match metadata.get("generation").and_then(Value::as_i64) {
+        Some(generation) if spec_generation => {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for field in ["labels", "annotations", "finalizers", "ownerReferences", "deletionTimestamp"] {
+                field.hash(&mut h);
+                metadata.get(field).map(Value::to_string).unwrap_or_default().hash(&mut h);
+            }
+            format!("g{generation}:{:016x}", h.finish())
+        }
+        _ => format!("rv{}", metadata.get("resourceVersion").and_then(Value::as_str).unwrap_or_default()),
+    }
 }
 
 /// Decoded revisions by (namespace, release, revision): a revision's manifest never changes, so
@@ -103,6 +150,13 @@ impl ReleaseCache {
     fn insert(&self, ns: &str, name: &str, rev: u32, d: std::sync::Arc<DecodedRelease>) {
         let mut m = self.map.lock().expect("cache lock");
         m.retain(|(n, r, _), _| !(n == ns && r == name));
+        if m.len() >= CACHED_RELEASES {
+            // Bounded: an unchanged release is re-checked from its verdicts without its
+            // manifest, so the cache only serves bursts of changes. Evict any one.
+            if let Some(k) = m.keys().next().cloned() {
+                m.remove(&k);
+            }
+        }
         m.insert((ns.to_string(), name.to_string(), rev), d);
     }
 
@@ -120,13 +174,16 @@ impl ReleaseCache {
     }
 }
 
-async fn decoded(store: &ReleaseStore, cache: Option<&ReleaseCache>, record: &crate::helm::RecordMeta) -> Result<std::sync::Arc<DecodedRelease>, String> {
+/// A record's decoded revision, from the cache when it is there.
+pub async fn decoded(store: &ReleaseStore, cache: Option<&ReleaseCache>, record: &crate::helm::RecordMeta) -> Result<std::sync::Arc<DecodedRelease>, String> {
     if let Some(hit) = cache.and_then(|c| c.get(&record.namespace, &record.release, record.revision)) {
         return Ok(hit);
     }
     let mut release = store.fetch(record).await.map_err(|e| e.to_string())?;
     release.config = Default::default();
     let split = split_manifest(&release.manifest);
+    // Kept only as objects: the text is not needed again (memory, with a thousand releases).
+    release.manifest = String::new();
     let d = std::sync::Arc::new(DecodedRelease { release, split });
     if let Some(c) = cache {
         c.insert(&record.namespace, &record.release, record.revision, d.clone());
@@ -221,6 +278,7 @@ pub async fn check_release_cached(
             state: ObjectState::Error,
             fields: Vec::new(),
             message: Some(e.to_string()),
+            change_token: None,
         });
     }
     let namespace = release.namespace.clone();
@@ -260,6 +318,7 @@ async fn check_object(resolver: &Resolver, o: &DesiredObject, release_ns: &str, 
         state: ObjectState::Error,
         fields: Vec::new(),
         message: None,
+        change_token: None,
     };
     let kind = match resolver.resolve(&o.api_version, &o.kind).await {
         Ok(k) => k,
@@ -273,6 +332,9 @@ async fn check_object(resolver: &Resolver, o: &DesiredObject, release_ns: &str, 
     // cluster-scoped one has none, whatever the manifest says.
     let ns = kind.namespaced.then(|| o.namespace.clone().unwrap_or_else(|| release_ns.to_string()));
     report.namespace = ns.clone();
+    if let Some(hit) = settings.reuse.and_then(|r| r.unchanged(&o.api_version, &o.kind, ns.as_deref(), &o.name)) {
+        return hit;
+    }
     let live = match resolver.get_live(&kind, ns.as_deref(), &o.name).await {
         Ok(Some(l)) => l,
         Ok(None) => {
@@ -284,9 +346,10 @@ async fn check_object(resolver: &Resolver, o: &DesiredObject, release_ns: &str, 
             return (report, 0);
         }
     };
+    report.change_token = live.get("metadata").map(|m| change_token(&o.api_version, &o.kind, m));
     let schema = resolver.schema(&o.api_version, &o.kind).await;
     let schema: &dyn Schema = match &schema {
-        Some(s) => s,
+        Some(s) => s.as_ref(),
         None => &drift::BuiltinSchema,
     };
     let (group, version) = o.api_version.split_once('/').unwrap_or(("", &o.api_version));
@@ -332,4 +395,47 @@ fn describe_read_error(e: &ResolveError, kind: &str, ns: Option<&str>, name: &st
         None => format!("{kind} {name}"),
     };
     format!("cannot read {what}: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::change_token;
+    use serde_json::json;
+
+    fn meta(generation: i64, rv: &str, labels: serde_json::Value) -> serde_json::Value {
+        json!({"name": "web", "namespace": "prod", "generation": generation, "resourceVersion": rv, "labels": labels})
+    }
+
+    #[test]
+    fn a_status_update_is_not_a_change_of_a_workload() {
+        let before = change_token("apps/v1", "Deployment", &meta(3, "100", json!({"app": "web"})));
+        // kube-controller-manager writes status: new resourceVersion, same generation.
+        assert_eq!(before, change_token("apps/v1", "Deployment", &meta(3, "101", json!({"app": "web"}))));
+        // A spec edit bumps the generation; a label edit does not, but the labels are hashed.
+        assert_ne!(before, change_token("apps/v1", "Deployment", &meta(4, "102", json!({"app": "web"}))));
+        assert_ne!(before, change_token("apps/v1", "Deployment", &meta(3, "102", json!({"app": "api"}))));
+        let with = |field: &str, v: serde_json::Value| {
+            let mut m = meta(3, "102", json!({"app": "web"}));
+            m[field] = v;
+            change_token("apps/v1", "Deployment", &m)
+        };
+        assert_ne!(before, with("annotations", json!({"a": "b"})));
+        assert_ne!(before, with("finalizers", json!(["x"])));
+        assert_ne!(before, with("ownerReferences", json!([{"name": "o"}])));
+        assert_ne!(before, with("deletionTimestamp", json!("2026-01-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn other_kinds_change_with_every_resource_version() {
+        // A ConfigMap has no spec/status split: its generation says nothing.
+        let a = change_token("v1", "ConfigMap", &meta(1, "100", json!({})));
+        assert_ne!(a, change_token("v1", "ConfigMap", &meta(1, "101", json!({}))));
+        assert_eq!(a, change_token("v1", "ConfigMap", &meta(1, "100", json!({}))));
+        // Nor does a custom resource's (its CRD may have no status subresource).
+        let w = change_token("test.driftwatch.io/v1", "Widget", &meta(1, "7", json!({})));
+        assert_ne!(w, change_token("test.driftwatch.io/v1", "Widget", &meta(1, "8", json!({}))));
+        // A workload without a generation falls back to the resourceVersion too.
+        let no_gen = json!({"name": "web", "resourceVersion": "5"});
+        assert_eq!(change_token("apps/v1", "Deployment", &no_gen), "rv5");
+    }
 }

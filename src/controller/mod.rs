@@ -56,6 +56,109 @@ enum Work {
     PolicyStatus,
 }
 
+/// The live objects of one watched kind (apiVersion, kind): (namespace or "", name) →
+/// resourceVersion. `ready` once the watch has listed.
+#[derive(Default)]
+struct KindIndex {
+    ready: bool,
+    rvs: HashMap<(String, String), String>,
+}
+
+type ObjectKey = (String, String, String, String); // apiVersion, kind, namespace or "", name
+
+/// One release's per-object verdicts and what they were made against.
+struct Verdicts {
+    revision: u32,
+    policy: String,
+    objects: HashMap<ObjectKey, (crate::check::ResourceReport, usize)>,
+    /// The whole report, with the newest revision and status it was made with: reused as it
+    /// is when nothing it was made from has changed (no record read, no manifest decoded).
+    report: crate::check::ReleaseReport,
+    latest: (u32, crate::helm::ReleaseStatus),
+}
+
+impl Verdicts {
+    /// The earlier report, if every object it covers is still at the version it was checked
+    /// at (and every object was read: none missing or in error).
+    fn still_valid(&self, live: &HashMap<(String, String), KindIndex>) -> Option<crate::check::ReleaseReport> {
+        let all_read = self.report.resources.iter().all(|r| r.change_token.is_some());
+        let unchanged = self.report.resources.iter().all(|r| {
+            live.get(&(r.api_version.clone(), r.kind.clone()))
+                .filter(|i| i.ready)
+                .and_then(|i| i.rvs.get(&(r.namespace.clone().unwrap_or_default(), r.name.clone())))
+                .is_some_and(|t| r.change_token.as_deref() == Some(t.as_str()))
+        });
+        (all_read && unchanged).then(|| self.report.clone())
+    }
+}
+
+/// The verdicts of one release, offered to a re-check for objects the watches show unchanged.
+struct Prior<'a> {
+    live: &'a std::sync::RwLock<HashMap<(String, String), KindIndex>>,
+    objects: HashMap<ObjectKey, (crate::check::ResourceReport, usize)>,
+}
+
+impl crate::check::Reuse for Prior<'_> {
+    fn unchanged(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<(crate::check::ResourceReport, usize)> {
+        let ns = namespace.unwrap_or("");
+        let (report, away) = self.objects.get(&(api_version.to_string(), kind.to_string(), ns.to_string(), name.to_string()))?;
+        let live = self.live.read().expect("live index");
+        let index = live.get(&(api_version.to_string(), kind.to_string())).filter(|i| i.ready)?;
+        let current = index.rvs.get(&(ns.to_string(), name.to_string()))?;
+        (report.change_token.as_deref() == Some(current.as_str())).then(|| (report.clone(), *away))
+    }
+}
+
+/// Release records by watch: (driver, namespace, object name) → metadata. `listed` counts the
+/// storage watches that have finished their first listing.
+#[derive(Default)]
+struct RecordIndex {
+    listed: usize,
+    watches: usize,
+    /// (namespace, release) → (driver, object name) → record.
+    by_release: HashMap<(String, String), HashMap<(crate::helm::Driver, String), crate::helm::RecordMeta>>,
+}
+
+impl RecordIndex {
+    fn ready(&self) -> bool {
+        self.watches > 0 && self.listed >= self.watches
+    }
+
+    fn of_release(&self, ns: &str, name: &str) -> Vec<crate::helm::RecordMeta> {
+        self.by_release.get(&(ns.to_string(), name.to_string())).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn all(&self) -> Vec<crate::helm::RecordMeta> {
+        self.by_release.values().flat_map(|m| m.values().cloned()).collect()
+    }
+
+    fn insert(&mut self, r: crate::helm::RecordMeta) {
+        self.by_release.entry((r.namespace.clone(), r.release.clone())).or_default().insert((r.driver, r.object_name.clone()), r);
+    }
+
+    fn remove(&mut self, driver: crate::helm::Driver, ns: &str, object: &str) {
+        self.by_release.retain(|(n, _), m| {
+            if n == ns {
+                m.remove(&(driver, object.to_string()));
+            }
+            !m.is_empty()
+        });
+    }
+
+    /// Replaces one watch's records (driver, scope) after it (re-)listed.
+    fn replace(&mut self, driver: crate::helm::Driver, scope: Option<&str>, records: Vec<crate::helm::RecordMeta>) {
+        self.by_release.retain(|(n, _), m| {
+            if scope.is_none_or(|s| s == n) {
+                m.retain(|(d, _), _| *d != driver);
+            }
+            !m.is_empty()
+        });
+        for r in records {
+            self.insert(r);
+        }
+    }
+}
+
 /// What was last written for a release (or found written at start-up).
 #[derive(Clone, Debug)]
 struct Memo {
@@ -74,8 +177,18 @@ pub struct Controller {
     settings: Settings,
     policies: RwLock<Vec<DriftPolicy>>,
     memos: Mutex<HashMap<(String, String), Memo>>,
-    policy_written: Mutex<HashMap<String, serde_json::Value>>,
+    policy_written: Mutex<HashMap<String, (serde_json::Value, Instant)>>,
     watched_kinds: Mutex<HashSet<(String, String)>>,
+    /// Live objects of the watched kinds that carry Helm's release annotations: their current
+    /// resourceVersion, from the metadata watches.
+    live: std::sync::RwLock<HashMap<(String, String), KindIndex>>,
+    /// Each release's last per-object verdicts, reused while the object is unchanged.
+    verdicts: std::sync::Mutex<HashMap<(String, String), Verdicts>>,
+    /// Release records (metadata) from the storage watches, once every watch has listed.
+    records: std::sync::RwLock<RecordIndex>,
+    /// Whether memos were seeded from the existing reports (one LIST) since the last start or
+    /// leadership change.
+    seeded: AtomicBool,
     heals: Mutex<HashMap<(String, String), healing::HealState>>,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
@@ -136,32 +249,80 @@ impl Controller {
         }
     }
 
-    async fn reconcile_all(self: &Arc<Self>) {
-        let mut seen = HashSet::new();
+    /// Release records in scope: from the storage watches once they have listed, else listed.
+    async fn all_records(&self) -> Vec<crate::helm::RecordMeta> {
+        {
+            let index = self.records.read().expect("record index");
+            if index.ready() {
+                return index.all().into_iter().filter(|r| self.covers(&r.namespace)).collect();
+            }
+        }
+        let mut out = Vec::new();
         for ns in self.namespaces() {
             let listing = self.store.list(ns.as_deref()).await;
             for e in &listing.errors {
                 tracing::warn!(error = %e, "cannot list release storage");
             }
-            for h in group_releases(listing.records) {
-                seen.insert((h.namespace.clone(), h.name.clone()));
-                self.enqueue(Work::Release(h.namespace, h.name));
-            }
+            out.extend(listing.records);
         }
-        // Reports of releases that are gone.
+        out
+    }
+
+    async fn reconcile_all(self: &Arc<Self>) {
+        let mut seen = HashSet::new();
+        for h in group_releases(self.all_records().await) {
+            seen.insert((h.namespace.clone(), h.name.clone()));
+        }
+        // Reports of releases that are gone; and, after a start or a leadership change, what
+        // every report says (one LIST instead of a GET per release).
+        let seed = !self.seeded.load(Ordering::SeqCst);
+        let mut listed_all = true;
         for ns in self.namespaces() {
             let reports: Api<DriftReport> = match &ns {
                 Some(n) => Api::namespaced(self.client.clone(), n),
                 None => Api::all(self.client.clone()),
             };
-            if let Ok(list) = reports.list_metadata(&ListParams::default()).await {
-                for r in list.items {
-                    let key = (r.metadata.namespace.clone().unwrap_or_default(), r.metadata.name.clone().unwrap_or_default());
-                    if !seen.contains(&key) {
-                        self.enqueue(Work::Release(key.0, key.1));
+            let keys: Vec<(String, String)> = if seed {
+                match reports.list(&ListParams::default().limit(500)).await {
+                    Ok(list) => {
+                        let mut memos = self.memos.lock().await;
+                        let mut keys = Vec::new();
+                        for r in list.items {
+                            let key = (r.metadata.namespace.clone().unwrap_or_default(), r.metadata.name.clone().unwrap_or_default());
+                            if let Some(m) = r.status.as_ref().map(memo_of) {
+                                memos.entry(key.clone()).or_insert(m);
+                            }
+                            keys.push(key);
+                        }
+                        if list.metadata.continue_.as_deref().is_some_and(|c| !c.is_empty()) {
+                            // More than a page: the rest are seeded one by one when checked.
+                            listed_all = false;
+                        }
+                        keys
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list DriftReports");
+                        listed_all = false;
+                        Vec::new()
                     }
                 }
+            } else {
+                match reports.list_metadata(&ListParams::default()).await {
+                    Ok(list) => list.items.into_iter().map(|r| (r.metadata.namespace.unwrap_or_default(), r.metadata.name.unwrap_or_default())).collect(),
+                    Err(_) => Vec::new(),
+                }
+            };
+            for key in keys {
+                if !seen.contains(&key) {
+                    self.enqueue(Work::Release(key.0, key.1));
+                }
             }
+        }
+        if seed {
+            self.seeded.store(listed_all, Ordering::SeqCst);
+        }
+        for (ns, name) in seen {
+            self.enqueue(Work::Release(ns, name));
         }
         self.enqueue(Work::PolicyStatus);
     }
@@ -178,14 +339,25 @@ impl Controller {
 
     async fn reconcile_release(self: &Arc<Self>, ns: &str, name: &str) {
         let key = (ns.to_string(), name.to_string());
-        let listing = self.store.list_release(ns, name).await;
-        if !listing.errors.is_empty() {
-            for e in &listing.errors {
-                tracing::warn!(namespace = ns, release = name, error = %e, "cannot read release storage");
+        let indexed = {
+            let index = self.records.read().expect("record index");
+            index.ready().then(|| index.of_release(ns, name))
+        };
+        let records = match indexed {
+            Some(r) => r,
+            None => {
+                let listing = self.store.list_release(ns, name).await;
+                if !listing.errors.is_empty() {
+                    for e in &listing.errors {
+                        tracing::warn!(namespace = ns, release = name, error = %e, "cannot read release storage");
+                    }
+                    return;
+                }
+                listing.records
             }
-            return;
-        }
-        let Some(history) = group_releases(listing.records).into_iter().next() else {
+        };
+        let Some(history) = group_releases(records).into_iter().next() else {
+            self.verdicts.lock().expect("verdicts").remove(&key);
             self.remove_report(ns, name, "the release is gone").await;
             return;
         };
@@ -202,9 +374,30 @@ impl Controller {
             return;
         };
         let ignore = IgnoreRules::compile(&policy.spec.ignore).unwrap_or_default();
-        let settings = CheckSettings { ignore: &ignore, ignore_managers: &policy.spec.ignore_managers, confirm: true, concurrency: 8 };
+        let fingerprint = format!("{}@{}", policy_key(&policy), policy.metadata.generation.unwrap_or_default());
+        let reference = history.reference().map(|r| r.revision).unwrap_or_default();
+        let latest_now = (history.latest().revision, history.latest().status.clone());
+        let earlier = self.verdicts.lock().expect("verdicts").remove(&key).filter(|v| v.revision == reference && v.policy == fingerprint);
         let started = Instant::now();
-        let report = check_release_cached(&self.store, &self.resolver, Some(&self.cache), &history, None, &settings).await;
+        let unchanged = earlier.as_ref().filter(|v| v.latest == latest_now).and_then(|v| v.still_valid(&self.live.read().expect("live index")));
+        let report = match unchanged {
+            Some(r) => r,
+            None => {
+                let prior = Prior { live: &self.live, objects: earlier.map(|v| v.objects).unwrap_or_default() };
+                let settings = CheckSettings { ignore: &ignore, ignore_managers: &policy.spec.ignore_managers, confirm: true, concurrency: 8, reuse: Some(&prior) };
+                check_release_cached(&self.store, &self.resolver, Some(&self.cache), &history, None, &settings).await
+            }
+        };
+        if report.error.is_none() {
+            let objects = report
+                .resources
+                .iter()
+                .filter(|r| r.change_token.is_some() && r.state != crate::drift::ObjectState::Error)
+                .map(|r| ((r.api_version.clone(), r.kind.clone(), r.namespace.clone().unwrap_or_default(), r.name.clone()), (r.clone(), 0)))
+                .collect();
+            let v = Verdicts { revision: report.revision, policy: fingerprint, objects, report: report.clone(), latest: latest_now };
+            self.verdicts.lock().expect("verdicts").insert(key.clone(), v);
+        }
         self.metrics.check_duration.observe(started.elapsed().as_secs_f64());
         let result = if report.error.is_some() { "error" } else if report.drifted { "drifted" } else { "in_sync" };
         self.metrics.checks_total.with_label_values(&[result]).inc();
@@ -227,6 +420,8 @@ impl Controller {
         let previous = self.memos.lock().await.get(&key).cloned();
         let previous = match previous {
             Some(m) => Some(m),
+            // Seeded from the LIST of reports: no memo means no report.
+            None if self.seeded.load(Ordering::SeqCst) => None,
             None => self.seed_memo(ns, name).await,
         };
         let now = jiff::Timestamp::now();
@@ -243,9 +438,9 @@ impl Controller {
             return;
         }
         let changed = previous.as_ref().is_none_or(|m| m.status.comparable != built.written.comparable);
-        let stale = previous.as_ref().is_none_or(|m| m.written_at.elapsed() >= interval);
+        let stale = previous.as_ref().is_none_or(|m| m.written_at.elapsed() >= refresh_period(&key, interval));
         if changed || stale {
-            match self.write_report(ns, name, &built.written.full).await {
+            match self.write_report(ns, name, &built.written.full, previous.is_some()).await {
                 Ok(reference) => {
                     tracing::info!(namespace = ns, release = name, drifted = built.drifted, "DriftReport written");
                     for ev in heal_events.drain(..) {
@@ -322,7 +517,10 @@ impl Controller {
                 if let Some(oldest) = st.times.front() {
                     self.recheck_after(key, Duration::from_secs(3600).saturating_sub(oldest.elapsed()) + Duration::from_secs(1));
                 }
-            } else if let Some(decoded) = history.reference().and_then(|r| self.cache.get(&r.namespace, &r.release, r.revision)) {
+            } else if let Some(decoded) = match history.reference() {
+                Some(r) => crate::check::decoded(&self.store, Some(&self.cache), r).await.ok(),
+                None => None,
+            } {
                 let pass = healing::heal_release(&self.resolver, &decoded, report, policy, ignore, st).await;
                 let (ns, name) = (key.0.as_str(), key.1.as_str());
                 for (path, manager) in &pass.newly_contested {
@@ -371,29 +569,30 @@ impl Controller {
     async fn seed_memo(&self, ns: &str, name: &str) -> Option<Memo> {
         let api: Api<DriftReport> = Api::namespaced(self.client.clone(), ns);
         let existing = api.get_opt(name).await.ok().flatten()?;
-        let st = existing.status?;
-        let written = status::Written::from_status(&st);
-        Some(Memo {
-            policy: st.policy.clone().unwrap_or_default(),
-            drifted: st.drift.as_deref() == Some("Drifted"),
-            unhealthy: st.conditions.iter().any(|c| c.type_ == "ReleaseHealthy" && c.status == "False"),
-            status: written,
-            written_at: Instant::now(),
-        })
+        existing.status.as_ref().map(memo_of)
     }
 
-    async fn write_report(&self, ns: &str, name: &str, status: &serde_json::Value) -> Result<k8s_openapi::api::core::v1::ObjectReference, kube::Error> {
+    /// Writes a report's status (server-side apply). A report known to exist gets one request
+    /// (the status); a new one two (the object, then its status).
+    async fn write_report(&self, ns: &str, name: &str, status: &serde_json::Value, exists: bool) -> Result<k8s_openapi::api::core::v1::ObjectReference, kube::Error> {
         let api: Api<DriftReport> = Api::namespaced(self.client.clone(), ns);
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let obj = api
-            .patch(name, &pp, &Patch::Apply(json!({
-                "apiVersion": "driftwatch.io/v1alpha1", "kind": "DriftReport",
-                "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "driftwatch"}},
-                "spec": {}
-            })))
-            .await?;
-        api.patch_status(name, &pp, &Patch::Apply(json!({"apiVersion": "driftwatch.io/v1alpha1", "kind": "DriftReport", "status": status})))
-            .await?;
+        let body = json!({"apiVersion": "driftwatch.io/v1alpha1", "kind": "DriftReport", "status": status});
+        if exists {
+            match api.patch_status(name, &pp, &Patch::Apply(&body)).await {
+                Ok(obj) => return Ok(obj.object_ref(&())),
+                // Deleted by someone: made again below.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        api.patch(name, &pp, &Patch::Apply(json!({
+            "apiVersion": "driftwatch.io/v1alpha1", "kind": "DriftReport",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "driftwatch"}},
+            "spec": {}
+        })))
+        .await?;
+        let obj = api.patch_status(name, &pp, &Patch::Apply(&body)).await?;
         Ok(obj.object_ref(&()))
     }
 
@@ -426,7 +625,9 @@ impl Controller {
             let mine: Vec<&Memo> = memos.values().filter(|m| m.policy == key).collect();
             let st = status::policy_status(&self.settings.tenancy, p, mine.len(), mine.iter().filter(|m| m.drifted).count(), mine.iter().filter(|m| m.unhealthy).count());
             let comparable = st.clone();
-            if self.policy_written.lock().await.get(&key) == Some(&comparable) {
+            // Unchanged: written again once an interval, for lastScanTime.
+            let interval = parse_duration(&p.spec.interval).unwrap_or(Duration::from_secs(300));
+            if self.policy_written.lock().await.get(&key).is_some_and(|(c, at)| c == &comparable && at.elapsed() < interval) {
                 continue;
             }
             let mut full = st;
@@ -436,7 +637,7 @@ impl Controller {
             let body = json!({"apiVersion": "driftwatch.io/v1alpha1", "kind": "DriftPolicy", "status": full});
             match api.patch_status(&p.name_any(), &pp, &Patch::Apply(body)).await {
                 Ok(_) => {
-                    self.policy_written.lock().await.insert(key, comparable);
+                    self.policy_written.lock().await.insert(key, (comparable, Instant::now()));
                 }
                 Err(e) => tracing::warn!(policy = key, error = %e, "cannot write policy status"),
             }
@@ -451,41 +652,107 @@ impl Controller {
         }
         let Ok(resolved) = self.resolver.resolve(api_version, kind).await else { return };
         let me = Arc::clone(self);
+        let (api_version, kind) = (api_version.to_string(), kind.to_string());
         tokio::spawn(async move {
             let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(me.client.clone(), &resolved.resource);
             let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+            let index_key = (api_version, kind);
             // Objects of this kind counted into the gauge; a re-list after a watch restart
             // replaces the count rather than adding to it.
-            let (mut initial, mut counted) = (0f64, 0f64);
+            let (mut initial, mut counted, mut listed_once) = (0f64, 0f64, false);
+            let mut building: HashMap<(String, String), String> = HashMap::new();
+            // (namespace or "", name) and change token of an object Helm made; its release.
+            let helm_object = |meta: &kube::api::ObjectMeta| -> Option<((String, String), String, (String, String))> {
+                let ann = meta.annotations.as_ref()?;
+                let release = (ann.get("meta.helm.sh/release-namespace")?.clone(), ann.get("meta.helm.sh/release-name")?.clone());
+                let id = (meta.namespace.clone().unwrap_or_default(), meta.name.clone()?);
+                let token = crate::check::change_token(&index_key.0, &index_key.1, &serde_json::to_value(meta).unwrap_or_default());
+                Some((id, token, release))
+            };
             while let Some(ev) = stream.next().await {
-                let meta = match ev {
-                    Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => o.metadata,
+                match ev {
                     Ok(watcher::Event::Init) => {
                         initial = 0.0;
-                        continue;
+                        building.clear();
                     }
-                    Ok(watcher::Event::InitApply(_)) => {
+                    Ok(watcher::Event::InitApply(o)) => {
                         initial += 1.0;
-                        continue;
+                        if let Some((id, rv, _)) = helm_object(&o.metadata) {
+                            building.insert(id, rv);
+                        }
                     }
                     Ok(watcher::Event::InitDone) => {
                         me.metrics.watched_objects.add(initial - counted);
                         counted = initial;
-                        continue;
+                        let mut live = me.live.write().expect("live index");
+                        let entry = live.entry(index_key.clone()).or_default();
+                        entry.rvs = std::mem::take(&mut building);
+                        entry.ready = true;
+                        drop(live);
+                        if listed_once {
+                            // A re-list after the watch broke: changes may have been missed.
+                            me.enqueue(Work::All);
+                        }
+                        listed_once = true;
                     }
-                    _ => continue,
-                };
-                let ann = meta.annotations.unwrap_or_default();
-                if let (Some(r), Some(ns)) = (ann.get("meta.helm.sh/release-name"), ann.get("meta.helm.sh/release-namespace")) {
-                    me.enqueue(Work::Release(ns.clone(), r.clone()));
+                    Ok(watcher::Event::Apply(o)) => {
+                        if let Some((id, token, (ns, r))) = helm_object(&o.metadata) {
+                            let before = me.live.write().expect("live index").entry(index_key.clone()).or_default().rvs.insert(id, token.clone());
+                            // A status update (same generation, same metadata) changes nothing a
+                            // manifest says: no re-check.
+                            if before.as_deref() != Some(token.as_str()) {
+                                me.enqueue(Work::Release(ns, r));
+                            }
+                        } else if let Some(name) = o.metadata.name.clone() {
+                            // Not (or no longer) stamped by Helm: not vouched for by the index.
+                            let id = (o.metadata.namespace.clone().unwrap_or_default(), name);
+                            me.live.write().expect("live index").entry(index_key.clone()).or_default().rvs.remove(&id);
+                        }
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        if let Some(name) = o.metadata.name.clone() {
+                            let id = (o.metadata.namespace.clone().unwrap_or_default(), name);
+                            me.live.write().expect("live index").entry(index_key.clone()).or_default().rvs.remove(&id);
+                        }
+                        if let Some((_, _, (ns, r))) = helm_object(&o.metadata) {
+                            me.enqueue(Work::Release(ns, r));
+                        }
+                    }
+                    _ => {}
                 }
             }
         });
     }
 }
 
-/// Watches one driver's release records (metadata only): a change re-checks its release.
-async fn watch_records<K>(me: Arc<Controller>, ns: Option<String>, cfg: watcher::Config)
+/// How often an unchanged report's lastCheckTime is refreshed: once in 1–2 h (or the policy
+/// interval, if longer), spread by release so that a thousand unchanged reports are not a
+/// thousand writes at the same moment. A changed status is written at once.
+pub const REFRESH: Duration = Duration::from_secs(3600);
+
+fn refresh_period(key: &(String, String), interval: Duration) -> Duration {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let base = REFRESH.max(interval);
+    base + base.mul_f64((h.finish() % 1000) as f64 / 1000.0)
+}
+
+/// What an existing report says, as a memo (after a restart or a leadership change: an
+/// unchanged status is not written again and condition times are kept).
+fn memo_of(st: &crate::api::DriftReportStatus) -> Memo {
+    Memo {
+        policy: st.policy.clone().unwrap_or_default(),
+        drifted: st.drift.as_deref() == Some("Drifted"),
+        unhealthy: st.conditions.iter().any(|c| c.type_ == "ReleaseHealthy" && c.status == "False"),
+        status: status::Written::from_status(st),
+        written_at: Instant::now(),
+    }
+}
+
+/// Watches one driver's release records (metadata only): keeps the record index and
+/// re-checks a release when one of its records changes.
+async fn watch_records<K>(me: Arc<Controller>, driver: crate::helm::Driver, ns: Option<String>, cfg: watcher::Config)
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
@@ -493,12 +760,42 @@ where
         Some(n) => Api::namespaced(me.client.clone(), n),
         None => Api::all(me.client.clone()),
     };
+    let secret_type = (driver == crate::helm::Driver::Secret).then_some(crate::helm::storage::SECRET_TYPE);
+    let meta = |o: &PartialObjectMeta<K>| crate::helm::RecordMeta::from_metadata(driver, &o.metadata, secret_type).ok();
     let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let (mut building, mut listed_once) = (Vec::new(), false);
     while let Some(ev) = stream.next().await {
-        if let Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) = ev {
-            if let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.labels().get("name").cloned()) {
-                me.enqueue(Work::Release(ns, name));
+        match ev {
+            Ok(watcher::Event::Init) => building.clear(),
+            Ok(watcher::Event::InitApply(o)) => building.extend(meta(&o)),
+            Ok(watcher::Event::InitDone) => {
+                let mut index = me.records.write().expect("record index");
+                index.replace(driver, ns.as_deref(), std::mem::take(&mut building));
+                if !listed_once {
+                    index.listed += 1;
+                    listed_once = true;
+                } else {
+                    // A re-list after the watch broke: changes may have been missed.
+                    drop(index);
+                    me.enqueue(Work::All);
+                }
             }
+            Ok(watcher::Event::Apply(o)) => {
+                if let Some(r) = meta(&o) {
+                    let key = (r.namespace.clone(), r.release.clone());
+                    me.records.write().expect("record index").insert(r);
+                    me.enqueue(Work::Release(key.0, key.1));
+                }
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                if let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.metadata.name.clone()) {
+                    me.records.write().expect("record index").remove(driver, &ns, &name);
+                }
+                if let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.labels().get("name").cloned()) {
+                    me.enqueue(Work::Release(ns, name));
+                }
+            }
+            Err(_) => {}
         }
     }
 }
@@ -517,6 +814,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         memos: Mutex::new(HashMap::new()),
         policy_written: Mutex::new(HashMap::new()),
         watched_kinds: Mutex::new(HashSet::new()),
+        live: std::sync::RwLock::new(HashMap::new()),
+        verdicts: std::sync::Mutex::new(HashMap::new()),
+        records: std::sync::RwLock::new(RecordIndex::default()),
+        seeded: AtomicBool::new(false),
         heals: Mutex::new(HashMap::new()),
         metrics,
         recorder,
@@ -530,7 +831,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
 
     if settings.leader_elect {
         let (c, ns, id, leader, stop2, me) = (client.clone(), settings.namespace.clone(), settings.identity.clone(), ctl.leader.clone(), stop.clone(), ctl.clone());
-        tasks.spawn(async move { lease::run(c, ns, id, leader, stop2, move || me.enqueue(Work::All)).await });
+        tasks.spawn(async move {
+            lease::run(c, ns, id, leader, stop2, move || {
+                // A new leader reads what the reports say before writing any.
+                me.seeded.store(false, Ordering::SeqCst);
+                me.enqueue(Work::All)
+            })
+            .await
+        });
     }
 
     // Policies.
@@ -576,9 +884,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         let secrets = watcher::Config::default()
             .labels(crate::helm::storage::OWNER_SELECTOR)
             .fields(&format!("type={}", crate::helm::storage::SECRET_TYPE));
-        tasks.spawn(watch_records::<Secret>(ctl.clone(), ns.clone(), secrets));
+        ctl.records.write().expect("record index").watches += 2;
+        tasks.spawn(watch_records::<Secret>(ctl.clone(), crate::helm::Driver::Secret, ns.clone(), secrets));
         let config_maps = watcher::Config::default().labels(crate::helm::storage::OWNER_SELECTOR);
-        tasks.spawn(watch_records::<ConfigMap>(ctl.clone(), ns, config_maps));
+        tasks.spawn(watch_records::<ConfigMap>(ctl.clone(), crate::helm::Driver::ConfigMap, ns, config_maps));
     }
 
     // The safety net: a full re-check every (shortest) policy interval.
@@ -630,4 +939,55 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     }
     tasks.abort_all();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::helm::{Driver, RecordMeta, ReleaseStatus};
+
+    fn record(driver: Driver, ns: &str, release: &str, rev: u32) -> RecordMeta {
+        RecordMeta {
+            driver,
+            namespace: ns.into(),
+            object_name: format!("sh.helm.release.v1.{release}.v{rev}"),
+            release: release.into(),
+            revision: rev,
+            status: ReleaseStatus::Deployed,
+            labels: Default::default(),
+            created_at: None,
+            modified_at: None,
+        }
+    }
+
+    #[test]
+    fn the_record_index_follows_its_watches() {
+        let mut index = RecordIndex { watches: 2, ..Default::default() };
+        assert!(!index.ready());
+        index.replace(Driver::Secret, None, vec![record(Driver::Secret, "a", "web", 1), record(Driver::Secret, "b", "web", 1)]);
+        index.replace(Driver::ConfigMap, None, vec![record(Driver::ConfigMap, "a", "db", 3)]);
+        index.listed = 2;
+        assert!(index.ready());
+        index.insert(record(Driver::Secret, "a", "web", 2));
+        assert_eq!(index.of_release("a", "web").len(), 2);
+        index.remove(Driver::Secret, "a", "sh.helm.release.v1.web.v1");
+        assert_eq!(index.of_release("a", "web").iter().map(|r| r.revision).collect::<Vec<_>>(), vec![2]);
+        // A re-list of one driver in one namespace replaces only that driver's records there.
+        index.replace(Driver::Secret, Some("a"), vec![]);
+        assert!(index.of_release("a", "web").is_empty());
+        assert_eq!(index.of_release("b", "web").len(), 1);
+        assert_eq!(index.of_release("a", "db").len(), 1);
+        assert_eq!(index.all().len(), 2);
+    }
+
+    #[test]
+    fn unchanged_reports_are_refreshed_hourly_and_spread_out() {
+        let periods: Vec<Duration> = (0..200).map(|i| refresh_period(&("ns".into(), format!("r{i}")), Duration::from_secs(300))).collect();
+        assert!(periods.iter().all(|p| *p >= REFRESH && *p < REFRESH * 2));
+        let distinct: HashSet<u64> = periods.iter().map(|p| p.as_secs() / 60).collect();
+        assert!(distinct.len() > 30, "refreshes bunch together: {distinct:?}");
+        // A policy interval longer than an hour stretches it.
+        let long = refresh_period(&("ns".into(), "r".into()), Duration::from_secs(7200));
+        assert!(long >= Duration::from_secs(7200));
+    }
 }

@@ -278,6 +278,7 @@ mod tests {
             state,
             fields: vec![],
             message: None,
+            change_token: None,
         }];
         ReleaseReport {
             name: "shop".into(),

@@ -510,3 +510,35 @@ async fn nothing_is_healed_while_pending() {
     assert_eq!(jsonpath(n, "configmap/app-fullstack", "{.data.greeting}"), "pending", "healed while pending");
     assert_eq!(report(n, "app").unwrap()["status"]["heals"], 0);
 }
+
+fn checks_total(port: u16) -> f64 {
+    let body = ureq_get(port).unwrap_or_default();
+    body.lines().filter(|l| l.starts_with("driftwatch_checks_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// What kube-controller-manager writes all day — status — is not a change of anything a
+/// manifest says: it re-checks nothing (and so reads nothing). A spec edit still does.
+#[tokio::test]
+async fn status_updates_are_not_rechecked() {
+    let scene = Scene::new("quiet", Helm::V3, "statefulset.enabled=false,cronjob.enabled=false,widget.enabled=false", "  ignoreManagers: [kube-controller-manager]\n").await;
+    let (ns, port) = (&scene.ns.name, scene._ctl.metrics_port);
+    // Let the start settle: kube-controller-manager's first rollout annotates the Deployment.
+    let mut last = checks_total(port);
+    let settled = wait_for("checks to settle", 60, || {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let now = checks_total(port);
+        let same = now == last && now > 0.0;
+        last = now;
+        same.then_some(now)
+    });
+    for i in 0..3 {
+        let body = format!(r#"{{"status":{{"observedGeneration":1,"unavailableReplicas":{}}}}}"#, 5 + i);
+        kubectl(&["patch", "deployment", "app-fullstack", "-n", ns, "--subresource=status", "--type=merge", "-p", &body]);
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(checks_total(port), settled, "a status update re-checked the release");
+    assert_eq!(drifted(&report(ns, "app").unwrap()), Some("False"));
+    set_memory(ns, "app-fullstack", "512Mi", "1Gi");
+    wait_for("Drifted after a spec edit", 30, || report(ns, "app").filter(|r| drifted(r) == Some("True")));
+    assert!(checks_total(port) > settled);
+}

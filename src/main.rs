@@ -186,7 +186,7 @@ async fn run(o: RunOpts) -> anyhow::Result<ExitCode> {
         leader_elect: o.leader_elect,
         identity: identity.clone(),
         namespace,
-        concurrency: 4,
+        concurrency: 8,
     };
     let client = client().await?;
     let metrics = Arc::new(driftwatch::metrics::Metrics::new());

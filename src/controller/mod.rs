@@ -208,6 +208,13 @@ impl Controller {
         self.settings.watch_namespaces.is_empty() || self.settings.watch_namespaces.iter().any(|n| n == ns)
     }
 
+    /// Whether a policy can select any release this controller covers: one in a watched
+    /// namespace, or in a cluster-policy namespace. Changes to other policies re-check nothing.
+    fn may_select(&self, p: &DriftPolicy) -> bool {
+        let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+        self.covers(ns) || self.settings.tenancy.cluster_policy_namespaces.iter().any(|c| c == ns)
+    }
+
     fn enqueue(&self, w: Work) {
         // Another controller may own the rest of the cluster: never act outside our namespaces.
         if let Work::Release(ns, _) = &w {
@@ -697,10 +704,12 @@ impl Controller {
                     }
                     Ok(watcher::Event::Apply(o)) => {
                         if let Some((id, token, (ns, r))) = helm_object(&o.metadata) {
+                            let (id_ns, id_name) = (id.0.clone(), id.1.clone());
                             let before = me.live.write().expect("live index").entry(index_key.clone()).or_default().rvs.insert(id, token.clone());
                             // A status update (same generation, same metadata) changes nothing a
                             // manifest says: no re-check.
                             if before.as_deref() != Some(token.as_str()) {
+                                tracing::debug!(kind = index_key.1, namespace = id_ns, name = id_name, before, token, "object changed");
                                 me.enqueue(Work::Release(ns, r));
                             }
                         } else if let Some(name) = o.metadata.name.clone() {
@@ -806,7 +815,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTING_CONTROLLER.into(), instance: Some(settings.identity.clone()) });
     let ctl = Arc::new(Controller {
         store: ReleaseStore::new(client.clone()),
-        resolver: Resolver::new(client.clone()),
+        resolver: Resolver::with_cached_reads(client.clone()),
         cache: ReleaseCache::default(),
         client: client.clone(),
         settings: settings.clone(),
@@ -862,17 +871,20 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
                     let mut ps = me.policies.write().await;
                     // A status write (ours) does not change the generation: nothing to re-check.
                     let spec_changed = ps.iter().find(|o| o.metadata.uid == p.metadata.uid).is_none_or(|o| o.metadata.generation != p.metadata.generation);
+                    let relevant = me.may_select(&p);
                     ps.retain(|o| o.metadata.uid != p.metadata.uid);
                     ps.push(p);
                     drop(ps);
-                    if spec_changed {
+                    if spec_changed && relevant {
                         me.enqueue(Work::All);
                     }
                 }
                 Ok(watcher::Event::Delete(p)) => {
                     me.policies.write().await.retain(|o| o.metadata.uid != p.metadata.uid);
                     me.policy_written.lock().await.remove(&policy_key(&p));
-                    me.enqueue(Work::All);
+                    if me.may_select(&p) {
+                        me.enqueue(Work::All);
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "policy watch"),
             }

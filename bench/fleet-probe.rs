@@ -131,7 +131,7 @@ fn delta(before: &Requests, after: &Requests) -> Requests {
 }
 
 fn total(d: &Requests) -> f64 {
-    d.values().sum()
+    d.values().sum::<f64>() + 0.0 // an empty sum is -0.0
 }
 
 fn requests_json(d: &Requests) -> Value {

@@ -56,23 +56,26 @@ enum Work {
     PolicyStatus,
 }
 
-/// The live objects of one watched kind (apiVersion, kind): (namespace or "", name) →
-/// resourceVersion. `ready` once the watch has listed.
+/// The live objects of one watched kind (apiVersion, kind) that Helm made: (namespace or "",
+/// name) → change token ([`crate::check::change_token`]). `ready` once the watch has listed.
 #[derive(Default)]
 struct KindIndex {
     ready: bool,
-    rvs: HashMap<(String, String), String>,
+    tokens: HashMap<(String, String), String>,
 }
 
-type ObjectKey = (String, String, String, String); // apiVersion, kind, namespace or "", name
+impl KindIndex {
+    fn token(index: &HashMap<(String, String), KindIndex>, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<String> {
+        index.get(&(api_version.to_string(), kind.to_string())).filter(|i| i.ready)?.tokens.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+}
 
-/// One release's per-object verdicts and what they were made against.
+/// One release's last report and what it was made against: the reference revision, the policy
+/// (key@generation) and the newest revision and its status. Each resource in it carries the
+/// change token of the object it was made from.
 struct Verdicts {
     revision: u32,
     policy: String,
-    objects: HashMap<ObjectKey, (crate::check::ResourceReport, usize)>,
-    /// The whole report, with the newest revision and status it was made with: reused as it
-    /// is when nothing it was made from has changed (no record read, no manifest decoded).
     report: crate::check::ReleaseReport,
     latest: (u32, crate::helm::ReleaseStatus),
 }
@@ -81,31 +84,27 @@ impl Verdicts {
     /// The earlier report, if every object it covers is still at the version it was checked
     /// at (and every object was read: none missing or in error).
     fn still_valid(&self, live: &HashMap<(String, String), KindIndex>) -> Option<crate::check::ReleaseReport> {
-        let all_read = self.report.resources.iter().all(|r| r.change_token.is_some());
+        // Every object was read (none missing or in error) and is still at that version.
         let unchanged = self.report.resources.iter().all(|r| {
-            live.get(&(r.api_version.clone(), r.kind.clone()))
-                .filter(|i| i.ready)
-                .and_then(|i| i.rvs.get(&(r.namespace.clone().unwrap_or_default(), r.name.clone())))
-                .is_some_and(|t| r.change_token.as_deref() == Some(t.as_str()))
+            r.change_token.is_some() && KindIndex::token(live, &r.api_version, &r.kind, r.namespace.as_deref().unwrap_or(""), &r.name) == r.change_token
         });
-        (all_read && unchanged).then(|| self.report.clone())
+        unchanged.then(|| self.report.clone())
     }
 }
 
-/// The verdicts of one release, offered to a re-check for objects the watches show unchanged.
+/// A release's earlier verdicts, offered to a re-check for the objects the watches show
+/// unchanged.
 struct Prior<'a> {
     live: &'a std::sync::RwLock<HashMap<(String, String), KindIndex>>,
-    objects: HashMap<ObjectKey, (crate::check::ResourceReport, usize)>,
+    resources: Vec<crate::check::ResourceReport>,
 }
 
 impl crate::check::Reuse for Prior<'_> {
     fn unchanged(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<(crate::check::ResourceReport, usize)> {
         let ns = namespace.unwrap_or("");
-        let (report, away) = self.objects.get(&(api_version.to_string(), kind.to_string(), ns.to_string(), name.to_string()))?;
-        let live = self.live.read().expect("live index");
-        let index = live.get(&(api_version.to_string(), kind.to_string())).filter(|i| i.ready)?;
-        let current = index.rvs.get(&(ns.to_string(), name.to_string()))?;
-        (report.change_token.as_deref() == Some(current.as_str())).then(|| (report.clone(), *away))
+        let earlier = self.resources.iter().find(|r| r.api_version == api_version && r.kind == kind && r.namespace.as_deref().unwrap_or("") == ns && r.name == name)?;
+        let current = KindIndex::token(&self.live.read().expect("live index"), api_version, kind, ns, name)?;
+        (earlier.change_token.as_deref() == Some(current.as_str())).then(|| (earlier.clone(), 0))
     }
 }
 
@@ -180,9 +179,9 @@ pub struct Controller {
     policy_written: Mutex<HashMap<String, (serde_json::Value, Instant)>>,
     watched_kinds: Mutex<HashSet<(String, String)>>,
     /// Live objects of the watched kinds that carry Helm's release annotations: their current
-    /// resourceVersion, from the metadata watches.
+    /// change token, from the metadata watches.
     live: std::sync::RwLock<HashMap<(String, String), KindIndex>>,
-    /// Each release's last per-object verdicts, reused while the object is unchanged.
+    /// Each release's last report, whose verdicts are reused while their objects are unchanged.
     verdicts: std::sync::Mutex<HashMap<(String, String), Verdicts>>,
     /// Release records (metadata) from the storage watches, once every watch has listed.
     records: std::sync::RwLock<RecordIndex>,
@@ -390,19 +389,13 @@ impl Controller {
         let report = match unchanged {
             Some(r) => r,
             None => {
-                let prior = Prior { live: &self.live, objects: earlier.map(|v| v.objects).unwrap_or_default() };
+                let prior = Prior { live: &self.live, resources: earlier.map(|v| v.report.resources).unwrap_or_default() };
                 let settings = CheckSettings { ignore: &ignore, ignore_managers: &policy.spec.ignore_managers, confirm: true, concurrency: 8, reuse: Some(&prior) };
                 check_release_cached(&self.store, &self.resolver, Some(&self.cache), &history, None, &settings).await
             }
         };
         if report.error.is_none() {
-            let objects = report
-                .resources
-                .iter()
-                .filter(|r| r.change_token.is_some() && r.state != crate::drift::ObjectState::Error)
-                .map(|r| ((r.api_version.clone(), r.kind.clone(), r.namespace.clone().unwrap_or_default(), r.name.clone()), (r.clone(), 0)))
-                .collect();
-            let v = Verdicts { revision: report.revision, policy: fingerprint, objects, report: report.clone(), latest: latest_now };
+            let v = Verdicts { revision: report.revision, policy: fingerprint, report: report.clone(), latest: latest_now };
             self.verdicts.lock().expect("verdicts").insert(key.clone(), v);
         }
         self.metrics.check_duration.observe(started.elapsed().as_secs_f64());
@@ -668,6 +661,7 @@ impl Controller {
             // replaces the count rather than adding to it.
             let (mut initial, mut counted, mut listed_once) = (0f64, 0f64, false);
             let mut building: HashMap<(String, String), String> = HashMap::new();
+            let mut releases_of: HashMap<(String, String), (String, String)> = HashMap::new();
             // (namespace or "", name) and change token of an object Helm made; its release.
             let helm_object = |meta: &kube::api::ObjectMeta| -> Option<((String, String), String, (String, String))> {
                 let ann = meta.annotations.as_ref()?;
@@ -681,21 +675,42 @@ impl Controller {
                     Ok(watcher::Event::Init) => {
                         initial = 0.0;
                         building.clear();
+                        releases_of.clear();
                     }
                     Ok(watcher::Event::InitApply(o)) => {
                         initial += 1.0;
-                        if let Some((id, rv, _)) = helm_object(&o.metadata) {
-                            building.insert(id, rv);
+                        if let Some((id, token, release)) = helm_object(&o.metadata) {
+                            releases_of.insert(id.clone(), release);
+                            building.insert(id, token);
                         }
                     }
                     Ok(watcher::Event::InitDone) => {
                         me.metrics.watched_objects.add(initial - counted);
                         counted = initial;
+                        // An object that changed between a check's read and this listing has
+                        // no event of its own: re-check the releases whose verdict is older.
+                        let stale: HashSet<(String, String)> = {
+                            let verdicts = me.verdicts.lock().expect("verdicts");
+                            building
+                                .iter()
+                                .filter_map(|(id, token)| {
+                                    let release = releases_of.get(id)?;
+                                    let r = verdicts.get(release)?.report.resources.iter().find(|r| {
+                                        r.api_version == index_key.0 && r.kind == index_key.1 && r.namespace.as_deref().unwrap_or("") == id.0 && r.name == id.1
+                                    })?;
+                                    (r.change_token.as_deref() != Some(token.as_str())).then(|| release.clone())
+                                })
+                                .collect()
+                        };
                         let mut live = me.live.write().expect("live index");
                         let entry = live.entry(index_key.clone()).or_default();
-                        entry.rvs = std::mem::take(&mut building);
+                        entry.tokens = std::mem::take(&mut building);
                         entry.ready = true;
                         drop(live);
+                        releases_of.clear();
+                        for (ns, r) in stale {
+                            me.enqueue(Work::Release(ns, r));
+                        }
                         if listed_once {
                             // A re-list after the watch broke: changes may have been missed.
                             me.enqueue(Work::All);
@@ -705,7 +720,7 @@ impl Controller {
                     Ok(watcher::Event::Apply(o)) => {
                         if let Some((id, token, (ns, r))) = helm_object(&o.metadata) {
                             let (id_ns, id_name) = (id.0.clone(), id.1.clone());
-                            let before = me.live.write().expect("live index").entry(index_key.clone()).or_default().rvs.insert(id, token.clone());
+                            let before = me.live.write().expect("live index").entry(index_key.clone()).or_default().tokens.insert(id, token.clone());
                             // A status update (same generation, same metadata) changes nothing a
                             // manifest says: no re-check.
                             if before.as_deref() != Some(token.as_str()) {
@@ -715,13 +730,13 @@ impl Controller {
                         } else if let Some(name) = o.metadata.name.clone() {
                             // Not (or no longer) stamped by Helm: not vouched for by the index.
                             let id = (o.metadata.namespace.clone().unwrap_or_default(), name);
-                            me.live.write().expect("live index").entry(index_key.clone()).or_default().rvs.remove(&id);
+                            me.live.write().expect("live index").entry(index_key.clone()).or_default().tokens.remove(&id);
                         }
                     }
                     Ok(watcher::Event::Delete(o)) => {
                         if let Some(name) = o.metadata.name.clone() {
                             let id = (o.metadata.namespace.clone().unwrap_or_default(), name);
-                            me.live.write().expect("live index").entry(index_key.clone()).or_default().rvs.remove(&id);
+                            me.live.write().expect("live index").entry(index_key.clone()).or_default().tokens.remove(&id);
                         }
                         if let Some((_, _, (ns, r))) = helm_object(&o.metadata) {
                             me.enqueue(Work::Release(ns, r));

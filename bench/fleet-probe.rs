@@ -532,7 +532,7 @@ async fn main() -> anyhow::Result<()> {
                 for o in split_manifest(&release.manifest).objects {
                     objects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Ok(kind) = resolver.resolve(&o.api_version, &o.kind).await else { continue };
-                    let ns = kind.namespaced.then(|| o.namespace.clone().unwrap_or_else(|| release.namespace.clone()));
+                    let ns = kind.namespace_of(o.namespace.as_deref(), &release.namespace);
                     let live = resolver.get_live(&kind, ns.as_deref(), &o.name).await;
                     let dry = resolver.dry_run_apply(&kind, ns.as_deref(), &o.object).await;
                     if live.is_err() || dry.is_err() {

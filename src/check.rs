@@ -88,12 +88,12 @@ pub struct CheckSettings<'a> {
 }
 
 /// Lets a re-check skip reading an object that has not changed since an earlier check: the
-/// controller knows each object's current resourceVersion from its watches, and a verdict made
+/// controller knows each object's current [`change_token`] from its watches, and a verdict made
 /// from that same version of the object (same revision, same policy) still holds.
 pub trait Reuse: Sync {
-    /// The earlier verdict for this object (and how many fields its dry-run dismissed), when
-    /// the object is still at the resourceVersion that verdict was made from.
-    fn unchanged(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<(ResourceReport, usize)>;
+    /// The earlier verdict for this object, when the object is still at the version that
+    /// verdict was made from.
+    fn unchanged(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<ResourceReport>;
 }
 
 /// A decoded revision as checks need it: the release's metadata and its parsed manifest. The
@@ -163,14 +163,6 @@ impl ReleaseCache {
     /// Forgets a release (uninstalled, or no longer covered).
     pub fn forget(&self, ns: &str, name: &str) {
         self.map.lock().expect("cache lock").retain(|(n, r, _), _| !(n == ns && r == name));
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.lock().expect("cache lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -328,12 +320,10 @@ async fn check_object(resolver: &Resolver, o: &DesiredObject, release_ns: &str, 
             return (report, 0);
         }
     };
-    // Helm's rule: a namespaced object without a namespace lives in the release namespace; a
-    // cluster-scoped one has none, whatever the manifest says.
-    let ns = kind.namespaced.then(|| o.namespace.clone().unwrap_or_else(|| release_ns.to_string()));
+    let ns = kind.namespace_of(o.namespace.as_deref(), release_ns);
     report.namespace = ns.clone();
     if let Some(hit) = settings.reuse.and_then(|r| r.unchanged(&o.api_version, &o.kind, ns.as_deref(), &o.name)) {
-        return hit;
+        return (hit, 0);
     }
     let live = match resolver.get_live(&kind, ns.as_deref(), &o.name).await {
         Ok(Some(l)) => l,

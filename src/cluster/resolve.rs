@@ -21,6 +21,15 @@ pub struct ResolvedKind {
     pub namespaced: bool,
 }
 
+impl ResolvedKind {
+    /// Where a manifest object of this kind lives, by Helm's rule: a namespaced object without
+    /// a namespace lives in the release namespace; a cluster-scoped one has none, whatever the
+    /// manifest says.
+    pub fn namespace_of(&self, manifest_namespace: Option<&str>, release_namespace: &str) -> Option<String> {
+        self.namespaced.then(|| manifest_namespace.unwrap_or(release_namespace).to_string())
+    }
+}
+
 /// Why an object could not be resolved or read; the message is for people.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ResolveError {

@@ -70,7 +70,7 @@ pub async fn heal_release(
         };
         let key = object_key(&res.kind, &res.name);
         let Ok(kind) = resolver.resolve(&desired.api_version, &desired.kind).await else { continue };
-        let ns = kind.namespaced.then(|| desired.namespace.clone().unwrap_or_else(|| release_ns.to_string()));
+        let ns = kind.namespace_of(desired.namespace.as_deref(), release_ns);
         let api: Api<DynamicObject> = match &ns {
             Some(n) => Api::namespaced_with(resolver.client().clone(), n, &kind.resource),
             None => Api::all_with(resolver.client().clone(), &kind.resource),

@@ -100,11 +100,11 @@ struct Prior<'a> {
 }
 
 impl crate::check::Reuse for Prior<'_> {
-    fn unchanged(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<(crate::check::ResourceReport, usize)> {
+    fn unchanged(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<crate::check::ResourceReport> {
         let ns = namespace.unwrap_or("");
         let earlier = self.resources.iter().find(|r| r.api_version == api_version && r.kind == kind && r.namespace.as_deref().unwrap_or("") == ns && r.name == name)?;
         let current = KindIndex::token(&self.live.read().expect("live index"), api_version, kind, ns, name)?;
-        (earlier.change_token.as_deref() == Some(current.as_str())).then(|| (earlier.clone(), 0))
+        (earlier.change_token.as_deref() == Some(current.as_str())).then(|| earlier.clone())
     }
 }
 
@@ -135,13 +135,14 @@ impl RecordIndex {
         self.by_release.entry((r.namespace.clone(), r.release.clone())).or_default().insert((r.driver, r.object_name.clone()), r);
     }
 
-    fn remove(&mut self, driver: crate::helm::Driver, ns: &str, object: &str) {
-        self.by_release.retain(|(n, _), m| {
-            if n == ns {
-                m.remove(&(driver, object.to_string()));
+    fn remove(&mut self, r: &crate::helm::RecordMeta) {
+        let key = (r.namespace.clone(), r.release.clone());
+        if let Some(m) = self.by_release.get_mut(&key) {
+            m.remove(&(r.driver, r.object_name.clone()));
+            if m.is_empty() {
+                self.by_release.remove(&key);
             }
-            !m.is_empty()
-        });
+        }
     }
 
     /// Replaces one watch's records (driver, scope) after it (re-)listed.
@@ -812,10 +813,10 @@ where
                 }
             }
             Ok(watcher::Event::Delete(o)) => {
-                if let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.metadata.name.clone()) {
-                    me.records.write().expect("record index").remove(driver, &ns, &name);
-                }
-                if let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.labels().get("name").cloned()) {
+                if let Some(r) = meta(&o) {
+                    me.records.write().expect("record index").remove(&r);
+                    me.enqueue(Work::Release(r.namespace, r.release));
+                } else if let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.labels().get("name").cloned()) {
                     me.enqueue(Work::Release(ns, name));
                 }
             }
@@ -997,7 +998,7 @@ mod tests {
         assert!(index.ready());
         index.insert(record(Driver::Secret, "a", "web", 2));
         assert_eq!(index.of_release("a", "web").len(), 2);
-        index.remove(Driver::Secret, "a", "sh.helm.release.v1.web.v1");
+        index.remove(&record(Driver::Secret, "a", "web", 1));
         assert_eq!(index.of_release("a", "web").iter().map(|r| r.revision).collect::<Vec<_>>(), vec![2]);
         // A re-list of one driver in one namespace replaces only that driver's records there.
         index.replace(Driver::Secret, Some("a"), vec![]);

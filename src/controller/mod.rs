@@ -619,7 +619,9 @@ impl Controller {
         if !self.is_leader() {
             return;
         }
-        let policies = self.policies.read().await.clone();
+        // Only the policies this controller answers for: with controllers split by
+        // --watch-namespaces, each would otherwise overwrite the others' counts with its own.
+        let policies: Vec<DriftPolicy> = self.policies.read().await.iter().filter(|p| self.may_select(p)).cloned().collect();
         let memos = self.memos.lock().await.clone();
         for p in &policies {
             let key = policy_key(p);

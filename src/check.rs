@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cluster::{ReleaseStore, ResolveError, Resolver};
-use crate::drift::{self, ChangeKind, Exclusions, FieldDrift, IgnoreRules, ObjectIdentity, ObjectState, Schema};
+use crate::drift::{self, ChangeKind, DiffOptions, DigestKey, FieldDrift, IgnoreRules, ObjectIdentity, ObjectState, Operation, Schema};
 use crate::helm::{DesiredObject, ReleaseHistory, ReleaseStatus, split_manifest};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -24,6 +24,13 @@ pub struct ResourceReport {
     pub fields: Vec<FieldDrift>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Operational actions seen on the object (not drift unless the policy counts them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<Operation>,
+    /// When the controller first saw this object out of sync (RFC 3339); kept across
+    /// re-checks and restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<String>,
     /// The version of the live object this verdict was made from ([`change_token`]; None:
     /// absent or unread).
     #[serde(skip)]
@@ -39,6 +46,32 @@ pub struct Summary {
     pub missing: usize,
     pub added: usize,
     pub errors: usize,
+    /// Operational actions seen (rollout restarts, client-side applies), not counted as drift.
+    #[serde(default)]
+    pub operations: usize,
+}
+
+/// An operational action on one object of the release.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectOperation {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(flatten)]
+    pub operation: Operation,
+}
+
+/// The DriftPolicy that covers a release, as `check` knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyNote {
+    /// `namespace/name`.
+    pub name: String,
+    /// Whether its ignore rules and managers were applied (`check --policy`).
+    pub applied: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -66,6 +99,9 @@ pub struct ReleaseReport {
     pub summary: Summary,
     pub resources: Vec<ResourceReport>,
     pub findings: Vec<Finding>,
+    /// The policy that covers the release, when `check` knows one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyNote>,
     /// The check could not run at all (no readable revision); `resources` is then empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -79,6 +115,10 @@ pub struct ReleaseReport {
 pub struct CheckSettings<'a> {
     pub ignore: &'a IgnoreRules,
     pub ignore_managers: &'a [String],
+    /// Count operational annotations (rollout restarts, client-side apply) as drift.
+    pub operations_as_drift: bool,
+    /// The key of Secret digests (None: this process's random key).
+    pub digest_key: Option<&'a DigestKey>,
     /// Confirm local `Modified` verdicts with a server-side dry-run.
     pub confirm: bool,
     /// Objects checked at once.
@@ -216,6 +256,7 @@ pub async fn check_release_cached(
         summary: Summary::default(),
         resources: Vec::new(),
         findings: Vec::new(),
+        policy: None,
         error: None,
         confirmed_away: 0,
     };
@@ -270,13 +311,16 @@ pub async fn check_release_cached(
             state: ObjectState::Error,
             fields: Vec::new(),
             message: Some(e.to_string()),
+            operations: Vec::new(),
+            seen: None,
             change_token: None,
         });
     }
     let namespace = release.namespace.clone();
     // The futures are made first, so that the stream holds no closure over borrowed items
     // (which would keep the whole check from being spawned on another task).
-    let pending: Vec<_> = split.objects.iter().map(|o| check_object(resolver, o, &namespace, settings)).collect();
+    let deployed_at = release.info.last_deployed;
+    let pending: Vec<_> = split.objects.iter().map(|o| check_object(resolver, o, &namespace, deployed_at, settings)).collect();
     let checked: Vec<(ResourceReport, usize)> = futures::stream::iter(pending).buffered(settings.concurrency.max(1)).collect().await;
     for (r, confirmed_away) in checked {
         report.confirmed_away += confirmed_away;
@@ -297,11 +341,36 @@ pub fn summarize(resources: &[ResourceReport]) -> Summary {
             ObjectState::Added => s.added += 1,
             ObjectState::Error => s.errors += 1,
         }
+        s.operations += r.operations.len();
     }
     s
 }
 
-async fn check_object(resolver: &Resolver, o: &DesiredObject, release_ns: &str, settings: &CheckSettings<'_>) -> (ResourceReport, usize) {
+impl ReleaseReport {
+    /// Every operational action seen, with the object it was seen on.
+    pub fn operations(&self) -> Vec<ObjectOperation> {
+        self.resources
+            .iter()
+            .flat_map(|r| {
+                r.operations.iter().map(|op| ObjectOperation {
+                    api_version: r.api_version.clone(),
+                    kind: r.kind.clone(),
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                    operation: op.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+async fn check_object(
+    resolver: &Resolver,
+    o: &DesiredObject,
+    release_ns: &str,
+    deployed_at: Option<jiff::Timestamp>,
+    settings: &CheckSettings<'_>,
+) -> (ResourceReport, usize) {
     let mut report = ResourceReport {
         api_version: o.api_version.clone(),
         kind: o.kind.clone(),
@@ -310,6 +379,8 @@ async fn check_object(resolver: &Resolver, o: &DesiredObject, release_ns: &str, 
         state: ObjectState::Error,
         fields: Vec::new(),
         message: None,
+        operations: Vec::new(),
+        seen: None,
         change_token: None,
     };
     let kind = match resolver.resolve(&o.api_version, &o.kind).await {
@@ -358,7 +429,15 @@ async fn check_object(resolver: &Resolver, o: &DesiredObject, release_ns: &str, 
         annotations: string_map(live.pointer("/metadata/annotations")),
     };
     let paths = settings.ignore.paths_for(&identity);
-    let (mut state, mut fields) = drift::diff_object(&o.object, &live, schema, Exclusions { paths: &paths, managers: settings.ignore_managers });
+    let opts = DiffOptions {
+        paths: &paths,
+        managers: settings.ignore_managers,
+        operations_as_drift: settings.operations_as_drift,
+        deployed_at,
+        digest_key: settings.digest_key,
+    };
+    let drift::ObjectDiff { mut state, mut fields, operations } = drift::diff_object(&o.object, &live, schema, opts);
+    report.operations = operations;
     let mut confirmed_away = 0;
     if settings.confirm && fields.iter().any(|f| f.change != ChangeKind::Added) {
         match resolver.dry_run_apply(&kind, ns.as_deref(), &o.object).await {

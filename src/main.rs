@@ -72,6 +72,13 @@ enum Command {
         /// Changes made by this field manager are not drift; repeatable
         #[arg(long)]
         ignore_manager: Vec<String>,
+        /// Apply this DriftPolicy's ignore rules, ignoreManagers and operationsAsDrift (NS/NAME),
+        /// so the answer is the one the controller writes in the DriftReport
+        #[arg(long, value_name = "NS/NAME")]
+        policy: Option<String>,
+        /// Count operational actions (rollout restarts, client-side apply stamps) as drift
+        #[arg(long)]
+        operations_as_drift: bool,
         /// Print the number of API requests made (to stderr)
         #[arg(short = 'v', long)]
         verbose: bool,
@@ -135,8 +142,22 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { list: true, namespace, all_namespaces, release, output, .. } => {
             return list(namespace, all_namespaces, release, output).await;
         }
-        Command::Check { release, namespace, all_namespaces, revision, output, detailed_exitcode, ignore_path, ignore_manager, verbose, no_confirm, list: false } => {
-            let opts = CheckOpts { release, revision, output, detailed_exitcode, ignore_path, ignore_manager, verbose, confirm: !no_confirm };
+        Command::Check {
+            release,
+            namespace,
+            all_namespaces,
+            revision,
+            output,
+            detailed_exitcode,
+            ignore_path,
+            ignore_manager,
+            policy,
+            operations_as_drift,
+            verbose,
+            no_confirm,
+            list: false,
+        } => {
+            let opts = CheckOpts { release, revision, output, detailed_exitcode, ignore_path, ignore_manager, policy, operations_as_drift, verbose, confirm: !no_confirm };
             return check(namespace, all_namespaces, opts).await;
         }
         Command::Run { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format } => {
@@ -218,6 +239,8 @@ struct CheckOpts {
     detailed_exitcode: bool,
     ignore_path: Vec<String>,
     ignore_manager: Vec<String>,
+    policy: Option<String>,
+    operations_as_drift: bool,
     verbose: bool,
     confirm: bool,
 }
@@ -236,10 +259,26 @@ fn ignore_rule(arg: &str) -> anyhow::Result<driftwatch::drift::IgnoreRule> {
 
 async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow::Result<ExitCode> {
     use driftwatch::check::{CheckSettings, check_release};
-    let rules = opts.ignore_path.iter().map(|a| ignore_rule(a)).collect::<anyhow::Result<Vec<_>>>()?;
-    let ignore = driftwatch::drift::IgnoreRules::compile(&rules)?;
+    let mut rules = opts.ignore_path.iter().map(|a| ignore_rule(a)).collect::<anyhow::Result<Vec<_>>>()?;
+    let policy_ref = opts.policy.as_deref().map(driftwatch::cli::policy::parse_ref).transpose().map_err(anyhow::Error::msg)?;
     let ns = scope(namespace, all).await?;
     let client = client().await?;
+    let mut ignore_managers = opts.ignore_manager.clone();
+    let mut operations_as_drift = opts.operations_as_drift;
+    if let Some((pns, pname)) = &policy_ref {
+        let api: kube::Api<driftwatch::api::DriftPolicy> = kube::Api::namespaced(client.clone(), pns);
+        let p = api
+            .get_opt(pname)
+            .await
+            .with_context(|| format!("reading DriftPolicy {pns}/{pname}"))?
+            .with_context(|| format!("DriftPolicy {pns}/{pname} not found"))?;
+        driftwatch::drift::IgnoreRules::compile(&p.spec.ignore).with_context(|| format!("DriftPolicy {pns}/{pname} is invalid"))?;
+        rules.extend(p.spec.ignore.iter().cloned());
+        ignore_managers.extend(p.spec.ignore_managers.iter().cloned());
+        operations_as_drift |= p.spec.operations_as_drift;
+    }
+    let ignore = driftwatch::drift::IgnoreRules::compile(&rules)?;
+    let policy_view = driftwatch::cli::policy::PolicyView::read(&client, ns.as_deref()).await;
     let store = driftwatch::cluster::ReleaseStore::new(client.clone());
     let resolver = driftwatch::cluster::Resolver::new(client);
     let listing = store.list(ns.as_deref()).await;
@@ -260,11 +299,30 @@ async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow:
     if histories.is_empty() && listing.errors.len() == 2 {
         anyhow::bail!("could not read Helm's release storage");
     }
-    let settings = CheckSettings { ignore: &ignore, ignore_managers: &opts.ignore_manager, confirm: opts.confirm, concurrency: 8, reuse: None };
+    // No digest key: this run's own random one, so digests cannot be compared across runs.
+    let settings = CheckSettings {
+        ignore: &ignore,
+        ignore_managers: &ignore_managers,
+        operations_as_drift,
+        digest_key: None,
+        confirm: opts.confirm,
+        concurrency: 8,
+        reuse: None,
+    };
     // Several releases at once (the API server answers in parallel); reported in order.
     use futures::StreamExt as _;
     let pending: Vec<_> = histories.iter().map(|h| check_release(&store, &resolver, h, opts.revision, &settings)).collect();
-    let reports: Vec<_> = futures::stream::iter(pending).buffered(8).collect().await;
+    let mut reports: Vec<_> = futures::stream::iter(pending).buffered(8).collect().await;
+    let applied = policy_ref.as_ref().map(|(n, p)| format!("{n}/{p}"));
+    for (r, h) in reports.iter_mut().zip(&histories) {
+        let covering = policy_view.covering(h, r);
+        if let (Some(a), Some(c)) = (&applied, &covering) {
+            if a != c {
+                eprintln!("warning: release {}/{} is covered by DriftPolicy {c}, not {a}; applied {a} as asked", r.namespace, r.name);
+            }
+        }
+        r.policy = driftwatch::cli::policy::note(applied.as_deref(), covering);
+    }
     let text = match opts.output {
         CheckOutput::Text => {
             use std::io::IsTerminal as _;

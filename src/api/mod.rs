@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::check::{Finding, ResourceReport, Summary};
+use crate::check::{Finding, ObjectOperation, ResourceReport, Summary};
 use crate::drift::IgnoreRule;
 
 pub const GROUP: &str = "driftwatch.io";
@@ -44,6 +44,11 @@ pub struct DriftPolicySpec {
     /// Fields owned by these field managers are never drift.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore_managers: Vec<String>,
+    /// Count operational actions as drift: `kubectl rollout restart`'s
+    /// `kubectl.kubernetes.io/restartedAt` and client-side apply's
+    /// `kubectl.kubernetes.io/last-applied-configuration`. Off: they are listed apart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub operations_as_drift: bool,
     #[serde(default)]
     pub heal: HealSpec,
     #[serde(default)]
@@ -192,6 +197,11 @@ pub struct DriftReportStatus {
     pub resources: Vec<ResourceReport>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// Operational actions seen (rollout restarts, client-side applies): not drift unless the
+    /// policy's `operationsAsDrift` says so. Capped like `resources`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "any_list")]
+    pub operations: Vec<ObjectOperation>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "any_list")]
     pub findings: Vec<Finding>,

@@ -70,6 +70,19 @@ pub fn render_text(reports: &[ReleaseReport], style: Style) -> String {
         if let Some(e) = &r.error {
             let _ = writeln!(out, "  {}", style.red(e));
         }
+        match &r.policy {
+            Some(p) if p.applied => {
+                let _ = writeln!(out, "  {}", style.dim(&format!("policy {} applied (its ignore rules and managers)", p.name)));
+            }
+            Some(p) => {
+                let _ = writeln!(
+                    out,
+                    "  {}",
+                    style.dim(&format!("policy {} covers this release; its ignore rules were not applied (add --policy {} for the report's answer)", p.name, p.name))
+                );
+            }
+            None => {}
+        }
         for f in &r.findings {
             let _ = writeln!(out, "  {} {}  (next: {})", style.yellow(&format!("[{}]", f.kind)), f.message, f.hint);
         }
@@ -87,12 +100,7 @@ pub fn render_text(reports: &[ReleaseReport], style: Style) -> String {
                 let _ = writeln!(out, "      {}", style.dim(m));
             }
             for f in &res.fields {
-                let who = match (&f.manager, &f.operation, &f.time) {
-                    (Some(m), Some(op), Some(t)) => format!("  by {m} ({op}, {t})"),
-                    (Some(m), Some(op), None) => format!("  by {m} ({op})"),
-                    (Some(m), None, _) => format!("  by {m}"),
-                    _ => String::new(),
-                };
+                let who = who(f);
                 let line = match f.change {
                     ChangeKind::Modified => style.yellow(&format!("~ {}: {} -> {}", f.path, show(&f.desired), show(&f.live))),
                     ChangeKind::Removed => style.red(&format!("- {}: {} (removed live)", f.path, show(&f.desired))),
@@ -101,11 +109,42 @@ pub fn render_text(reports: &[ReleaseReport], style: Style) -> String {
                 let _ = writeln!(out, "      {line}{}", style.dim(&who));
             }
         }
+        for op in r.operations() {
+            let ns = op.namespace.as_ref().map(|n| format!("{n}/")).unwrap_or_default();
+            let by = op.operation.manager.as_deref().unwrap_or("unknown");
+            let at = op.operation.time.as_ref().map(|t| format!(" at {t}")).unwrap_or_default();
+            let what = match op.operation.action.as_str() {
+                "Restarted" => format!("restarted by {by}{at}"),
+                "ClientSideApplied" => format!("client-side applied by {by}{at}"),
+                other => format!("{other} by {by}{at}"),
+            };
+            let _ = writeln!(out, "  {}", style.dim(&format!("{} {ns}{}: {what} (an action, not drift)", op.kind, op.name)));
+        }
     }
     if reports.is_empty() {
         out.push_str("No Helm releases found.\n");
     }
     out
+}
+
+/// Who made a change, as Kubernetes recorded it; for a change it recorded no owner for, that
+/// it did not, and who wrote the object since the release was deployed.
+fn who(f: &crate::drift::FieldDrift) -> String {
+    let via = f.subresource.as_ref().map(|s| format!(" via {s}")).unwrap_or_default();
+    let seen = f.seen.as_ref().map(|t| format!(", first seen {t}")).unwrap_or_default();
+    match (&f.manager, &f.operation, &f.time) {
+        (Some(m), Some(op), Some(t)) => format!("  by {m} ({op}{via}, {t}{seen})"),
+        (Some(m), Some(op), None) => format!("  by {m} ({op}{via}{seen})"),
+        (Some(m), None, _) => format!("  by {m}{via}"),
+        (None, _, _) => {
+            let candidates = if f.candidates.is_empty() {
+                String::new()
+            } else {
+                format!("; wrote the object since the deploy: {} (candidates, not a record)", f.candidates.join(", "))
+            };
+            format!("  by unknown — Kubernetes records no owner for removed fields{seen}{candidates}")
+        }
+    }
 }
 
 /// The documented machine-readable shape: every resource listed, InSync ones too.

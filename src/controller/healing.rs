@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::api::DriftPolicy;
 use crate::check::{DecodedRelease, ReleaseReport};
 use crate::cluster::Resolver;
-use crate::drift::{self, ChangeKind, Exclusions, IgnoreRules, ObjectIdentity, ObjectState};
+use crate::drift::{self, ChangeKind, DiffOptions, IgnoreRules, ObjectIdentity, ObjectState};
 use crate::helm::ApplyMethod;
 use crate::heal::{plan_patch, with_helm_stamps, without_paths};
 
@@ -113,7 +113,8 @@ pub async fn heal_release(
         let (group, version) = desired.api_version.split_once('/').unwrap_or(("", &desired.api_version));
         let id = ObjectIdentity { group, version, kind: &desired.kind, name: &desired.name, namespace: ns.as_deref().unwrap_or(""), ..Default::default() };
         let ignored = ignore.paths_for(&id);
-        let (_, fields) = drift::diff_object(&desired.object, &live, schema, Exclusions { paths: &ignored, managers: &policy.spec.ignore_managers });
+        let opts = DiffOptions { paths: &ignored, managers: &policy.spec.ignore_managers, operations_as_drift: policy.spec.operations_as_drift, ..Default::default() };
+        let fields = drift::diff_object(&desired.object, &live, schema, opts).fields;
         let now = Instant::now();
         let mut to_heal = Vec::new();
         for f in fields {

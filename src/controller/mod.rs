@@ -4,6 +4,7 @@
 //! change; emits Events on transitions; exports metrics. Every replica watches and checks; only
 //! the lease holder writes.
 
+pub mod digest_key;
 pub mod healing;
 pub mod lease;
 pub mod policy;
@@ -191,6 +192,8 @@ pub struct Controller {
     seeded: AtomicBool,
     heals: Mutex<HashMap<(String, String), healing::HealState>>,
     pub metrics: Arc<Metrics>,
+    /// The key of Secret digests in reports (kept in a Secret in the controller's namespace).
+    digest_key: crate::drift::DigestKey,
     recorder: Recorder,
     leader: Arc<AtomicBool>,
     pub ready: AtomicBool,
@@ -384,21 +387,29 @@ impl Controller {
         let fingerprint = format!("{}@{}", policy_key(&policy), policy.metadata.generation.unwrap_or_default());
         let reference = history.reference().map(|r| r.revision).unwrap_or_default();
         let latest_now = (history.latest().revision, history.latest().status.clone());
-        let earlier = self.verdicts.lock().expect("verdicts").remove(&key).filter(|v| v.revision == reference && v.policy == fingerprint);
+        let earlier = self.verdicts.lock().expect("verdicts").remove(&key);
+        // Where each drift was first seen, whatever the revision or policy was then.
+        let seen_before: Vec<crate::check::ResourceReport> =
+            earlier.iter().flat_map(|v| v.report.resources.iter().filter(|r| r.seen.is_some()).cloned()).collect();
+        let earlier = earlier.filter(|v| v.revision == reference && v.policy == fingerprint);
         let started = Instant::now();
         let unchanged = earlier.as_ref().filter(|v| v.latest == latest_now).and_then(|v| v.still_valid(&self.live.read().expect("live index")));
-        let report = match unchanged {
+        let mut report = match unchanged {
             Some(r) => r,
             None => {
                 let prior = Prior { live: &self.live, resources: earlier.map(|v| v.report.resources).unwrap_or_default() };
-                let settings = CheckSettings { ignore: &ignore, ignore_managers: &policy.spec.ignore_managers, confirm: true, concurrency: 8, reuse: Some(&prior) };
+                let settings = CheckSettings {
+                    ignore: &ignore,
+                    ignore_managers: &policy.spec.ignore_managers,
+                    operations_as_drift: policy.spec.operations_as_drift,
+                    digest_key: Some(&self.digest_key),
+                    confirm: true,
+                    concurrency: 8,
+                    reuse: Some(&prior),
+                };
                 check_release_cached(&self.store, &self.resolver, Some(&self.cache), &history, None, &settings).await
             }
         };
-        if report.error.is_none() {
-            let v = Verdicts { revision: report.revision, policy: fingerprint, report: report.clone(), latest: latest_now };
-            self.verdicts.lock().expect("verdicts").insert(key.clone(), v);
-        }
         self.metrics.check_duration.observe(started.elapsed().as_secs_f64());
         let result = if report.error.is_some() { "error" } else if report.drifted { "drifted" } else { "in_sync" };
         self.metrics.checks_total.with_label_values(&[result]).inc();
@@ -426,6 +437,16 @@ impl Controller {
             None => self.seed_memo(ns, name).await,
         };
         let now = jiff::Timestamp::now();
+        let written_before: Vec<crate::check::ResourceReport> = previous
+            .as_ref()
+            .and_then(|m| m.status.full.get("resources"))
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        status::stamp_seen(&mut report, &[&seen_before, &written_before], now);
+        if report.error.is_none() {
+            let v = Verdicts { revision: report.revision, policy: fingerprint, report: report.clone(), latest: latest_now };
+            self.verdicts.lock().expect("verdicts").insert(key.clone(), v);
+        }
         let mut heal_events = Vec::new();
         let heal_view = if policy.spec.mode == crate::api::Mode::Heal {
             Some(self.heal(&key, &history, &report, &policy, &ignore, previous.as_ref(), now, &mut heal_events).await)
@@ -831,7 +852,9 @@ where
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, ready: Arc<AtomicBool>, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTING_CONTROLLER.into(), instance: Some(settings.identity.clone()) });
+    let digest_key = digest_key::load(&client, &settings.namespace).await?;
     let ctl = Arc::new(Controller {
+        digest_key,
         store: ReleaseStore::new(client.clone()),
         resolver: Resolver::with_cached_reads(client.clone()),
         cache: ReleaseCache::default(),

@@ -96,7 +96,7 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
         .filter(|o| matches!(o.state, ObjectState::Modified | ObjectState::Missing | ObjectState::Added))
         .collect();
     let drifted = r.drifted;
-    let names: Vec<String> = drifted_objects.iter().take(5).map(|o| format!("{}/{}", o.kind, o.name)).collect();
+    let names: Vec<String> = drifted_objects.iter().take(5).map(|o| describe_object(o)).collect();
     let more = drifted_objects.len().saturating_sub(5);
     let drift_message = if drifted {
         format!(
@@ -178,6 +178,7 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
         summary: Some(r.summary),
         resources,
         truncated,
+        operations: r.operations().into_iter().take(MAX_RESOURCES).collect(),
         findings: r.findings.clone(),
         first_drift_time: first_drift.map(|t| t.to_string()),
         last_check_time: Some(now.to_string()),
@@ -186,6 +187,79 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
         conditions,
     };
     Built { written: Written::from_status(&status), drifted, unhealthy, health_message, drift_message, first_drift }
+}
+
+/// `Kind/name`, and what happened to its first drifted field: who, or that Kubernetes recorded
+/// nobody, and when the controller first saw it.
+fn describe_object(o: &crate::check::ResourceReport) -> String {
+    let name = format!("{}/{}", o.kind, o.name);
+    let seen = |t: &Option<String>| t.as_ref().map(|t| format!(", first seen {t}")).unwrap_or_default();
+    if o.state == ObjectState::Missing {
+        return format!("{name} (deleted{})", seen(&o.seen));
+    }
+    let Some(f) = o.fields.first() else { return name };
+    let change = match f.change {
+        crate::drift::ChangeKind::Modified => "changed",
+        crate::drift::ChangeKind::Removed => "removed",
+        crate::drift::ChangeKind::Added => "added",
+    };
+    let who = match (&f.manager, &f.subresource) {
+        (Some(m), Some(sub)) => format!("by {m} via {sub}"),
+        (Some(m), None) => format!("by {m}"),
+        (None, _) => "by unknown (Kubernetes records no owner for removed fields)".to_string(),
+    };
+    let more = if o.fields.len() > 1 { format!(" and {} more field(s)", o.fields.len() - 1) } else { String::new() };
+    format!("{name} ({} {change} {who}{}{more})", f.path, seen(&f.seen))
+}
+
+/// Stamps `seen` on every drifted field and object of a fresh report: the time an earlier
+/// report of the same release first saw the same object and path drift, else `now`. Earlier
+/// reports come from memory (the last verdicts) and from the written DriftReport (across
+/// restarts), so the first sighting is kept until the drift ends.
+pub fn stamp_seen(report: &mut ReleaseReport, earlier: &[&[crate::check::ResourceReport]], now: jiff::Timestamp) {
+    use std::collections::HashMap;
+    let object_key = |r: &crate::check::ResourceReport| format!("{}|{}|{}|{}", r.api_version, r.kind, r.namespace.as_deref().unwrap_or(""), r.name);
+    let mut objects: HashMap<String, String> = HashMap::new();
+    let mut fields: HashMap<(String, String), String> = HashMap::new();
+    let keep = |map_key: String, t: &str, map: &mut HashMap<String, String>| {
+        let e = map.entry(map_key).or_insert_with(|| t.to_string());
+        if t < e.as_str() {
+            *e = t.to_string();
+        }
+    };
+    for list in earlier {
+        for r in list.iter().filter(|r| matches!(r.state, ObjectState::Modified | ObjectState::Missing | ObjectState::Added)) {
+            let k = object_key(r);
+            if let Some(t) = &r.seen {
+                keep(k.clone(), t, &mut objects);
+            }
+            for f in &r.fields {
+                if let Some(t) = &f.seen {
+                    let e = fields.entry((k.clone(), f.path.clone())).or_insert_with(|| t.clone());
+                    if t < e {
+                        *e = t.clone();
+                    }
+                }
+            }
+        }
+    }
+    let now = now.to_string();
+    for r in report.resources.iter_mut() {
+        if !matches!(r.state, ObjectState::Modified | ObjectState::Missing | ObjectState::Added) {
+            r.seen = None;
+            continue;
+        }
+        let k = object_key(r);
+        let mut first = objects.get(&k).cloned();
+        for f in r.fields.iter_mut() {
+            let t = fields.get(&(k.clone(), f.path.clone())).cloned().unwrap_or_else(|| now.clone());
+            if first.as_ref().is_none_or(|o| &t < o) {
+                first = Some(t.clone());
+            }
+            f.seen = Some(t);
+        }
+        r.seen = Some(first.unwrap_or_else(|| now.clone()));
+    }
 }
 
 /// The Event of a drift transition, if this check made one.
@@ -278,6 +352,8 @@ mod tests {
             state,
             fields: vec![],
             message: None,
+            operations: vec![],
+            seen: None,
             change_token: None,
         }];
         ReleaseReport {
@@ -294,6 +370,7 @@ mod tests {
             summary: crate::check::summarize(&resources),
             resources,
             findings: vec![],
+            policy: None,
             error: None,
             confirmed_away: 0,
         }

@@ -91,6 +91,10 @@ impl Walk<'_> {
 
     fn value(&mut self, d: &Value, l: &Value) {
         match (d, l) {
+            // An explicit null live is an absent field (`rules: null` of a ClusterRole whose
+            // rules were never set): an empty value equals it, anything else was removed.
+            (_, Value::Null) if is_zero(d) => {}
+            (_, Value::Null) => self.record(ChangeKind::Removed, Some(d), None),
             (Value::Object(dm), Value::Object(lm)) => self.object(dm, lm),
             (Value::Array(da), Value::Array(la)) => self.list(da, la),
             _ => {

@@ -88,6 +88,8 @@ pub struct Attribution {
     pub manager: String,
     pub operation: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
 }
 
@@ -102,12 +104,18 @@ pub struct ManagerEntry {
 
 impl ManagerEntry {
     pub fn attribution(&self) -> Attribution {
-        Attribution { manager: self.manager.clone(), operation: self.operation.clone(), time: self.time.clone() }
+        Attribution {
+            manager: self.manager.clone(),
+            operation: self.operation.clone(),
+            subresource: self.subresource.clone(),
+            time: self.time.clone(),
+        }
     }
 }
 
-/// Managers whose writes are never drift: Helm itself and the control plane's own components.
-pub const SYSTEM_MANAGERS: &[&str] = &["kube-controller-manager", "kube-scheduler", "kubelet", "kube-apiserver", "before-first-apply"];
+/// Managers that write the desired state itself: Helm, and `before-first-apply`, which holds
+/// what the object's creator (Helm) set before the first server-side apply.
+pub const HELM_MANAGERS: &[&str] = &["helm", "before-first-apply"];
 
 /// The field managers of one live object.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -137,35 +145,52 @@ impl ManagedFields {
         ManagedFields { entries }
     }
 
-    /// Whether a manager is Helm (which writes the desired state) or a system component.
-    pub fn is_helm_or_system(manager: &str) -> bool {
-        manager == "helm" || SYSTEM_MANAGERS.contains(&manager)
+    pub fn is_helm(manager: &str) -> bool {
+        HELM_MANAGERS.contains(&manager)
     }
 
-    /// The manager that set `path`: among the owners, a non-Helm one before Helm, the most
-    /// recent first. When nobody owns the path (it was removed), the most recent non-Helm,
-    /// non-system writer of the object, which is who removed it.
+    /// The manager that owns `path`: among its owners a non-Helm one before Helm, the most
+    /// recent first. None when Kubernetes records no owner (a removed field): the object's
+    /// latest writer is not who removed it, so nobody is named.
     pub fn attribute(&self, path: &[FieldKey]) -> Option<Attribution> {
-        let owners: Vec<&ManagerEntry> = self.entries.iter().filter(|e| e.fields.owns(path)).collect();
-        fn pick(candidates: Vec<&ManagerEntry>) -> Option<&ManagerEntry> {
-            candidates.into_iter().max_by(|a, b| a.time.cmp(&b.time))
-        }
-        let foreign: Vec<&ManagerEntry> = owners.iter().copied().filter(|e| e.manager != "helm").collect();
-        if let Some(e) = pick(foreign) {
-            return Some(e.attribution());
-        }
-        if !owners.is_empty() {
-            return pick(owners).map(ManagerEntry::attribution);
-        }
-        pick(self.entries.iter().filter(|e| !Self::is_helm_or_system(&e.manager)).collect()).map(ManagerEntry::attribution)
+        let owners = || self.entries.iter().filter(|e| e.fields.owns(path));
+        owners()
+            .filter(|e| !Self::is_helm(&e.manager))
+            .max_by(|a, b| a.time.cmp(&b.time))
+            .or_else(|| owners().max_by(|a, b| a.time.cmp(&b.time)))
+            .map(ManagerEntry::attribution)
     }
 
-    /// Every path owned by a manager that is not Helm, not a system component and not in
-    /// `ignored`: the candidates for `Added` fields.
+    /// For a change with no recorded owner: the managers (not Helm, not Kubernetes' own
+    /// components, not ignored) whose entries were written since `since`, newest first. With
+    /// no `since`, none: without the deploy time nobody can be a candidate.
+    pub fn candidates(&self, since: Option<jiff::Timestamp>, ignored: &[String]) -> Vec<String> {
+        let Some(since) = since else { return Vec::new() };
+        let mut written: Vec<(jiff::Timestamp, &str)> = self
+            .entries
+            .iter()
+            .filter(|e| !Self::is_helm(&e.manager) && !super::system::is_system_manager(&e.manager) && !ignored.contains(&e.manager))
+            .filter(|e| e.subresource.as_deref() != Some("status"))
+            .filter_map(|e| Some((e.time.as_deref()?.parse::<jiff::Timestamp>().ok()?, e.manager.as_str())))
+            .filter(|(t, _)| *t >= since)
+            .collect();
+        written.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut out: Vec<String> = Vec::new();
+        for (_, m) in written {
+            if !out.iter().any(|o| o == m) {
+                out.push(m.to_string());
+            }
+        }
+        out
+    }
+
+    /// Every path owned by a manager that is not Helm, not writing status and not in
+    /// `ignored`: the candidates for `Added` fields (Kubernetes' own components included; the
+    /// caller excuses what [`super::system`] lists).
     pub fn foreign_paths(&self, ignored: &[String]) -> Vec<(Vec<FieldKey>, &ManagerEntry)> {
         let mut out = Vec::new();
         for e in &self.entries {
-            if Self::is_helm_or_system(&e.manager) || ignored.contains(&e.manager) || e.subresource.as_deref() == Some("status") {
+            if Self::is_helm(&e.manager) || ignored.contains(&e.manager) || e.subresource.as_deref() == Some("status") {
                 continue;
             }
             let mut paths = Vec::new();
@@ -240,17 +265,31 @@ mod tests {
     }
 
     #[test]
-    fn removed_fields_go_to_the_latest_foreign_writer() {
+    fn removed_fields_have_no_owner_only_candidates() {
         let m = ManagedFields::from_object(&live());
         let gone = [f("spec"), f("template"), f("spec"), f("containers"), k(json!({"name": "web"})), f("livenessProbe")];
-        assert_eq!(m.attribute(&gone).unwrap().manager, "kubectl-patch");
+        assert_eq!(m.attribute(&gone), None, "nobody owns a removed field: no guess");
+        let since = |t: &str| Some(t.parse::<jiff::Timestamp>().unwrap());
+        // Written since the deploy, newest first; not Helm, not kube-controller-manager, not
+        // the scale entry (no time).
+        assert_eq!(m.candidates(since("2026-01-02T00:00:00Z"), &[]), vec!["kubectl-patch", "kubectl-edit"]);
+        assert_eq!(m.candidates(since("2026-01-03T12:00:00Z"), &[]), vec!["kubectl-patch"]);
+        assert_eq!(m.candidates(since("2026-01-03T12:00:00Z"), &["kubectl-patch".into()]), Vec::<String>::new());
+        assert_eq!(m.candidates(None, &[]), Vec::<String>::new());
     }
 
     #[test]
-    fn foreign_paths_skip_helm_system_and_ignored() {
+    fn scale_attribution_says_the_subresource() {
+        let m = ManagedFields::from_object(&live());
+        let a = m.attribute(&[f("spec"), f("replicas")]).unwrap();
+        assert_eq!((a.manager.as_str(), a.subresource.as_deref(), a.time), ("kubectl", Some("scale"), None));
+    }
+
+    #[test]
+    fn foreign_paths_skip_helm_status_and_ignored() {
         let m = ManagedFields::from_object(&live());
         let paths: Vec<String> = m.foreign_paths(&[]).iter().map(|(p, e)| format!("{}:{}", e.manager, p.len())).collect();
-        assert!(paths.iter().all(|p| !p.starts_with("helm") && !p.starts_with("kube-controller-manager")), "{paths:?}");
+        assert!(paths.iter().all(|p| !p.starts_with("helm") && !p.starts_with("kube-controller-manager")), "{paths:?}: its entry writes status");
         assert!(paths.contains(&"kubectl-patch:3".to_string()), "the note annotation: {paths:?}");
         let without_patch = m.foreign_paths(&["kubectl-patch".to_string()]);
         assert!(without_patch.iter().all(|(_, e)| e.manager != "kubectl-patch"));

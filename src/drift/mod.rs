@@ -6,12 +6,14 @@ pub mod ignore;
 pub mod managed;
 pub mod normalize;
 pub mod schema;
+pub mod system;
+pub mod digest;
 
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 pub use compare::ChangeKind;
+pub use digest::DigestKey;
 pub use ignore::{IgnoreRule, IgnoreRules, IgnoreTarget, ObjectIdentity};
 pub use managed::{Attribution, ManagedFields};
 pub use schema::{BuiltinSchema, ListType, OpenApiSchema, Schema};
@@ -41,47 +43,126 @@ pub struct FieldDrift {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<Value>,
     pub change: ChangeKind,
+    /// The manager Kubernetes recorded as the owner of this path; absent when it recorded none
+    /// (a removed field): never a guess.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manager: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+    /// The subresource the owner wrote through (`scale`); such entries carry no time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
+    /// When no owner is recorded: the managers that wrote the object since the reference
+    /// revision was deployed. Candidates, never the answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
+    /// When the controller's watch first saw this field drift (RFC 3339), kept across
+    /// re-checks and restarts. The CLI, which looks once, leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<String>,
     /// The same place as `managedFields` names it (list items by key), to find it in another
     /// version of the object whatever the order of its lists.
     #[serde(skip)]
     pub locator: Vec<managed::FieldKey>,
 }
 
-/// What to leave out of a comparison.
+/// An operational action seen on an object: not configuration drift unless a policy says so.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// `Restarted` (`kubectl rollout restart`) or `ClientSideApplied` (`kubectl apply` without
+    /// `--server-side`).
+    pub action: String,
+    /// Where its stamp is (a pointer into the live object).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
+    /// When: the restart's own timestamp, else the manager's entry time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+}
+
+/// Well-known annotations that record an action, not a configuration: (annotation, action).
+pub const OPERATIONAL_ANNOTATIONS: &[(&str, &str)] =
+    &[("kubectl.kubernetes.io/restartedAt", "Restarted"), ("kubectl.kubernetes.io/last-applied-configuration", "ClientSideApplied")];
+
+/// The operational annotation a pointer ends in, if any: (annotation, action).
+fn operational(pointer: &str) -> Option<(&'static str, &'static str)> {
+    OPERATIONAL_ANNOTATIONS
+        .iter()
+        .copied()
+        .find(|(a, _)| pointer.strip_suffix(&compare::escape_pointer(a)).is_some_and(|head| head.ends_with("/metadata/annotations/")))
+}
+
+/// How to compare.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Exclusions<'a> {
+pub struct DiffOptions<'a> {
     /// JSON pointers (ignored with everything under them).
     pub paths: &'a [&'a str],
     /// Changes made by these managers are not drift.
     pub managers: &'a [String],
+    /// Count operational annotations (rollout restarts, client-side apply) as drift.
+    pub operations_as_drift: bool,
+    /// When the reference revision was deployed: who wrote the object since then are the
+    /// candidates for a change Kubernetes records no owner for.
+    pub deployed_at: Option<jiff::Timestamp>,
+    /// The key of Secret digests (None: this process's random key).
+    pub digest_key: Option<&'a DigestKey>,
+}
+
+/// One object's comparison.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectDiff {
+    pub state: ObjectState,
+    pub fields: Vec<FieldDrift>,
+    /// Operational actions seen (when they do not count as drift).
+    pub operations: Vec<Operation>,
 }
 
 /// Compares one desired object (as the manifest has it) with its live object.
-pub fn diff_object(desired: &Value, live: &Value, schema: &dyn Schema, exclude: Exclusions) -> (ObjectState, Vec<FieldDrift>) {
+pub fn diff_object(desired: &Value, live: &Value, schema: &dyn Schema, opts: DiffOptions) -> ObjectDiff {
     let prepared = normalize::desired_for_compare(desired);
     let managed = ManagedFields::from_object(live);
-    let foreign = managed.foreign_paths(exclude.managers);
-    let is_secret = desired.get("kind").and_then(Value::as_str) == Some("Secret");
+    let api_version = desired.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = desired.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let mut foreign = managed.foreign_paths(opts.managers);
+    foreign.retain(|(path, e)| !system::fills(api_version, kind, desired, &e.manager, e.subresource.as_deref(), path));
+    let system_paths = system::always_owned(api_version, kind, desired);
+    let is_secret = kind == "Secret";
+    let key = opts.digest_key.unwrap_or_else(|| DigestKey::per_run());
     let mut fields = Vec::new();
+    let mut operations = Vec::new();
     for raw in compare::compare(&prepared, live, schema, &foreign) {
-        if exclude.paths.iter().any(|p| ignore::pointer_is_under(&raw.pointer, p)) {
+        if opts.paths.iter().chain(&system_paths).any(|p| ignore::pointer_is_under(&raw.pointer, p)) {
             continue;
         }
         let who = match raw.added_by.clone() {
             Some(a) => Some(a),
             None => managed.attribute(&raw.field_path),
         };
-        if who.as_ref().is_some_and(|a| exclude.managers.contains(&a.manager)) {
+        if who.as_ref().is_some_and(|a| opts.managers.contains(&a.manager)) {
             continue;
         }
+        let op = if raw.change == ChangeKind::Added { operational(&raw.pointer) } else { None };
+        if let (Some((_, action)), false) = (op, opts.operations_as_drift) {
+            let stamped = (action == "Restarted").then(|| raw.live.as_ref().and_then(Value::as_str).map(str::to_string)).flatten();
+            operations.push(Operation {
+                action: action.to_string(),
+                path: raw.pointer,
+                manager: who.as_ref().map(|a| a.manager.clone()),
+                time: stamped.or_else(|| who.as_ref().and_then(|a| a.time.clone())),
+            });
+            continue;
+        }
+        let candidates = if who.is_none() { managed.candidates(opts.deployed_at, opts.managers) } else { Vec::new() };
         let (desired, live) = if is_secret {
-            (raw.desired.as_ref().map(redact), raw.live.as_ref().map(redact))
+            (raw.desired.as_ref().map(|v| key.redact(v)), raw.live.as_ref().map(|v| key.redact(v)))
+        } else if op.is_some_and(|(a, _)| a == "kubectl.kubernetes.io/last-applied-configuration") {
+            // The whole object as last applied: long, and a copy of everything else.
+            let size = raw.live.as_ref().and_then(Value::as_str).map_or(0, str::len);
+            (None, Some(Value::String(format!("(client-side apply configuration, {size} bytes)"))))
         } else {
             (raw.desired, raw.live)
         };
@@ -92,11 +173,14 @@ pub fn diff_object(desired: &Value, live: &Value, schema: &dyn Schema, exclude: 
             change: raw.change,
             manager: who.as_ref().map(|a| a.manager.clone()),
             operation: who.as_ref().map(|a| a.operation.clone()),
+            subresource: who.as_ref().and_then(|a| a.subresource.clone()),
             time: who.and_then(|a| a.time),
+            candidates,
+            seen: None,
             locator: raw.field_path,
         });
     }
-    (ObjectState::of_fields(&fields), fields)
+    ObjectDiff { state: ObjectState::of_fields(&fields), fields, operations }
 }
 
 impl ObjectState {
@@ -110,18 +194,6 @@ impl ObjectState {
             ObjectState::Modified
         }
     }
-}
-
-/// A Secret's value as reports show it: never the value, only a short digest to tell two
-/// values apart.
-pub fn redact(v: &Value) -> Value {
-    let text = match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let digest = Sha256::digest(text.as_bytes());
-    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    Value::String(format!("(redacted, sha256:{hex})"))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ fn diff(desired: &Value, live: &Value) -> Vec<(String, ChangeKind)> {
 }
 
 fn diff_with(desired: &Value, live: &Value, paths: &[&str], managers: &[String]) -> Vec<(String, ChangeKind)> {
-    let (state, fields) = diff_object(desired, live, &BuiltinSchema, Exclusions { paths, managers });
+    let ObjectDiff { state, fields, .. } = diff_object(desired, live, &BuiltinSchema, DiffOptions { paths, managers, ..Default::default() });
     assert_eq!(state == ObjectState::InSync, fields.is_empty());
     fields.into_iter().map(|f| (f.path, f.change)).collect()
 }
@@ -169,17 +169,29 @@ fn secret_string_data_equals_data() {
 
 #[test]
 fn secret_values_are_redacted() {
-    let (_, fields) = diff_object(
+    let fields = diff_object(
         &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"pass": "hunter2"}}),
         &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"pass": "aHVudGVyMw=="}}),
-        &BuiltinSchema,
-        Exclusions::default(),
-    );
+        &BuiltinSchema, DiffOptions::default()).fields;
     let shown = serde_json::to_string(&fields).unwrap();
     assert!(!shown.contains("aHVudGVy") && !shown.contains("hunter"), "{shown}");
-    assert!(fields[0].desired.as_ref().unwrap().as_str().unwrap().starts_with("(redacted, sha256:"));
+    assert!(fields[0].desired.as_ref().unwrap().as_str().unwrap().starts_with("(redacted, hmac:"));
     assert_ne!(fields[0].desired, fields[0].live, "different values keep different digests");
-    assert_eq!(redact(&json!("x")).as_str().unwrap().len(), "(redacted, sha256:)".len() + 12);
+    // One key, one digest per value; another key, another digest.
+    let a = DigestKey::from_bytes(b"cluster-a");
+    let b = DigestKey::from_bytes(b"cluster-b");
+    let shown = |key: &DigestKey| {
+        diff_object(
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"pass": "hunter2", "copy": "hunter2"}}),
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"pass": "eA==", "copy": "eQ=="}}),
+            &BuiltinSchema,
+            DiffOptions { digest_key: Some(key), ..Default::default() },
+        )
+        .fields
+    };
+    let (fa, fb) = (shown(&a), shown(&b));
+    assert_eq!(fa[0].desired, fa[1].desired, "equal values, equal digests within one report");
+    assert_ne!(fa[0].desired, fb[0].desired, "another key, another digest");
 }
 
 #[test]
@@ -264,7 +276,7 @@ fn schema_with(list_type: &str, keys: &[&str]) -> OpenApiSchema {
 }
 
 fn diff_schema(schema: &OpenApiSchema, d: Value, l: Value) -> Vec<(String, ChangeKind)> {
-    diff_object(&d, &l, schema, Exclusions::default()).1.into_iter().map(|f| (f.path, f.change)).collect()
+    diff_object(&d, &l, schema, DiffOptions::default()).fields.into_iter().map(|f| (f.path, f.change)).collect()
 }
 
 #[test]
@@ -301,7 +313,7 @@ fn attribution_of_a_modified_field() {
                {"manager": "kubectl-edit", "operation": "Update", "time": "2026-02-01T00:00:00Z",
                 "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {"f:resources": {"f:limits": {"f:memory": {}}}}}}}}}}]),
     );
-    let (state, fields) = diff_object(&d, &live, &BuiltinSchema, Exclusions::default());
+    let ObjectDiff { state, fields, .. } = diff_object(&d, &live, &BuiltinSchema, DiffOptions::default());
     assert_eq!(state, ObjectState::Modified);
     assert_eq!(fields.len(), 1);
     let f = &fields[0];
@@ -318,7 +330,7 @@ fn attribution_of_a_scale() {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 5}}),
         json!([{"manager": "kubectl", "operation": "Update", "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]),
     );
-    let (_, fields) = diff_object(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}}), &live, &BuiltinSchema, Exclusions::default());
+    let fields = diff_object(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}}), &live, &BuiltinSchema, DiffOptions::default()).fields;
     assert_eq!(fields[0].manager.as_deref(), Some("kubectl"));
     assert_eq!(fields[0].path, "/spec/replicas");
 }
@@ -335,7 +347,7 @@ fn added_env_var_and_annotation_by_a_foreign_manager() {
         {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
          "fieldsV1": {"f:metadata": {"f:annotations": {"f:deployment.kubernetes.io/revision": {}}}}}
     ]));
-    let (state, fields) = diff_object(&d, &live, &BuiltinSchema, Exclusions::default());
+    let ObjectDiff { state, fields, .. } = diff_object(&d, &live, &BuiltinSchema, DiffOptions::default());
     assert_eq!(state, ObjectState::Added);
     let got: Vec<(String, Option<String>)> = fields.iter().map(|f| (f.path.clone(), f.manager.clone())).collect();
     assert_eq!(
@@ -355,20 +367,148 @@ fn added_annotation_when_the_manifest_has_annotations() {
         json!({"kind": "ConfigMap", "metadata": {"name": "a", "annotations": {"keep": "1", "note": "x"}}}),
         json!([{"manager": "kubectl-annotate", "operation": "Update", "fieldsV1": {"f:metadata": {"f:annotations": {"f:note": {}}}}}]),
     );
-    let (_, fields) = diff_object(&d, &live, &BuiltinSchema, Exclusions::default());
+    let fields = diff_object(&d, &live, &BuiltinSchema, DiffOptions::default()).fields;
     assert_eq!(fields.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), vec!["/metadata/annotations/note"]);
     assert_eq!(fields[0].change, Added);
 }
 
 #[test]
-fn added_by_system_or_helm_is_not_drift() {
-    for manager in ["helm", "kube-controller-manager", "kubelet", "kube-scheduler"] {
-        let live = with_managers(
-            json!({"kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v", "extra": "x"}}),
-            json!([{"manager": manager, "operation": "Update", "fieldsV1": {"f:data": {"f:extra": {}}}}]),
-        );
+fn added_by_helm_or_through_status_is_not_drift() {
+    for (manager, subresource) in [("helm", None), ("before-first-apply", None), ("kube-controller-manager", Some("status"))] {
+        let mut entry = json!({"manager": manager, "operation": "Update", "fieldsV1": {"f:metadata": {"f:annotations": {"f:extra": {}}}, "f:data": {"f:extra": {}}}});
+        if let Some(s) = subresource {
+            entry["subresource"] = json!(s);
+        }
+        let live = with_managers(json!({"kind": "ConfigMap", "metadata": {"name": "a", "annotations": {"extra": "x"}}, "data": {"k": "v", "extra": "x"}}), json!([entry]));
         insync(json!({"kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}}), live);
     }
+}
+
+#[test]
+fn system_components_are_excused_only_where_the_table_says() {
+    // kube-controller-manager writing a ConfigMap's data is in no row of the table: reported,
+    // and named.
+    let live = with_managers(
+        json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "a"}, "data": {"k": "v", "extra": "x"}}),
+        json!([{"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {"f:data": {"f:extra": {}}}}]),
+    );
+    let fields = diff_object(&json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "a"}, "data": {"k": "v"}}), &live, &BuiltinSchema, DiffOptions::default()).fields;
+    assert_eq!(fields.iter().map(|f| (f.path.as_str(), f.manager.as_deref())).collect::<Vec<_>>(), vec![("/data/extra", Some("kube-controller-manager"))]);
+    // An HPA's replicas on a chart that leaves them out: the autoscaler's, not drift. A person
+    // scaling the same Deployment is drift, said to be through the scale subresource.
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"paused": false}});
+    let scaled_by = |manager: &str| {
+        with_managers(
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 7}}),
+            json!([{"manager": manager, "operation": "Update", "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]),
+        )
+    };
+    insync(d.clone(), scaled_by("kube-controller-manager"));
+    let fields = diff_object(&d, &scaled_by("kubectl"), &BuiltinSchema, DiffOptions::default()).fields;
+    assert_eq!(fields.len(), 1);
+    assert_eq!((fields[0].path.as_str(), fields[0].change, fields[0].manager.as_deref(), fields[0].subresource.as_deref()), ("/spec/replicas", Added, Some("kubectl"), Some("scale")));
+}
+
+fn cluster_role(extra: Value) -> Value {
+    let mut v = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "agg"}});
+    v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    v
+}
+
+#[test]
+fn aggregated_cluster_role_rules_are_the_controllers() {
+    let rule = json!({"aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"rbac.example.com/aggregate-to-agg": "true"}}]}});
+    let filled = |extra: Value| {
+        let mut live = cluster_role(rule.clone());
+        live["rules"] = json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]);
+        live["metadata"]["managedFields"] = json!([
+            {"manager": "helm", "operation": "Update", "fieldsV1": {"f:aggregationRule": {".": {}, "f:clusterRoleSelectors": {}}}},
+            {"manager": "clusterrole-aggregation-controller", "operation": "Apply", "fieldsV1": {"f:rules": {}}}]);
+        let _ = extra;
+        live
+    };
+    // Manifest without rules: the filled rules are not Added.
+    insync(cluster_role(rule.clone()), filled(json!({})));
+    // Manifest with `rules: []`: not Modified either.
+    let mut with_empty = cluster_role(rule.clone());
+    with_empty["rules"] = json!([]);
+    insync(with_empty.clone(), filled(json!({})));
+    // Nothing aggregated yet: the API server returns `rules: null`.
+    let mut unfilled = cluster_role(rule.clone());
+    unfilled["rules"] = Value::Null;
+    insync(with_empty, unfilled);
+    // Without an aggregationRule the rules are the chart's: a change is drift.
+    let mut plain = cluster_role(json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}));
+    let desired = plain.clone();
+    plain["rules"][0]["verbs"] = json!(["get", "delete"]);
+    assert!(!diff(&desired, &plain).is_empty());
+}
+
+#[test]
+fn empty_equals_absent_and_null() {
+    // A ClusterRole whose manifest says `rules: []`; the API server answers `rules: null` or
+    // leaves it out.
+    insync(cluster_role(json!({"rules": []})), cluster_role(json!({"rules": null})));
+    insync(cluster_role(json!({"rules": []})), cluster_role(json!({})));
+    insync(json!({"spec": {"m": {}}}), json!({"spec": {"m": null}}));
+    drifted(json!({"spec": {"l": [1]}}), json!({"spec": {"l": null}}), &[("/spec/l", Removed)]);
+}
+
+#[test]
+fn a_removed_field_names_no_manager_only_candidates() {
+    // `kubectl patch --type json` removed the port; `kubectl label` wrote the object later.
+    let d = deploy(json!({"name": "c", "ports": [{"containerPort": 8080}, {"containerPort": 9090}]}));
+    let mut live = deploy(json!({"name": "c", "ports": [{"containerPort": 9090, "protocol": "TCP"}]}));
+    live["metadata"]["labels"] = json!({"x": "1"});
+    let live = with_managers(live, json!([
+        {"manager": "helm", "operation": "Update", "time": "2026-01-01T00:00:00Z", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+        {"manager": "kubectl-patch", "operation": "Update", "time": "2026-01-02T00:00:00Z", "fieldsV1": {"f:spec": {"f:paused": {}}}},
+        {"manager": "kubectl-label", "operation": "Update", "time": "2026-01-02T00:00:02Z", "fieldsV1": {"f:metadata": {"f:labels": {"f:x": {}}}}},
+        {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "time": "2026-01-02T00:00:03Z", "fieldsV1": {"f:status": {}}}
+    ]));
+    let deployed: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let opts = DiffOptions { deployed_at: Some(deployed), ..Default::default() };
+    let fields = diff_object(&d, &live, &BuiltinSchema, opts).fields;
+    let port = fields.iter().find(|f| f.path == "/spec/template/spec/containers/0/ports/0").expect("the removed port");
+    assert_eq!(port.change, Removed);
+    assert_eq!((port.manager.as_deref(), port.operation.as_deref(), port.time.as_deref()), (None, None, None), "no guess");
+    assert_eq!(port.candidates, vec!["kubectl-label", "kubectl-patch"], "newest first, labelled candidates");
+    let json = serde_json::to_value(port).unwrap();
+    assert!(json.get("manager").is_none(), "{json}");
+    // Without the deploy time there are no candidates either.
+    assert!(diff_object(&d, &live, &BuiltinSchema, DiffOptions::default()).fields.iter().all(|f| f.candidates.is_empty()));
+    // The label is owned: its writer is named, with no candidates.
+    let label = fields.iter().find(|f| f.path == "/metadata/labels/x").expect("the added label");
+    assert_eq!((label.manager.as_deref(), label.candidates.len()), (Some("kubectl-label"), 0));
+}
+
+#[test]
+fn operational_annotations_are_actions_not_drift() {
+    let d = deploy(json!({"name": "c", "image": "x"}));
+    let mut live = deploy(json!({"name": "c", "image": "x"}));
+    live["spec"]["template"]["metadata"] = json!({"annotations": {"kubectl.kubernetes.io/restartedAt": "2026-05-01T10:00:00Z"}});
+    live["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"Deployment\",\"secret\":\"s3cr3t\"}"});
+    let live = with_managers(live, json!([
+        {"manager": "kubectl-rollout", "operation": "Update", "time": "2026-05-01T10:00:01Z", "fieldsV1": {"f:spec": {"f:template": {"f:metadata": {"f:annotations": {".": {}, "f:kubectl.kubernetes.io/restartedAt": {}}}}}}},
+        {"manager": "kubectl-client-side-apply", "operation": "Update", "time": "2026-05-02T00:00:00Z", "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, "f:kubectl.kubernetes.io/last-applied-configuration": {}}}}}
+    ]));
+    let got = diff_object(&d, &live, &BuiltinSchema, DiffOptions::default());
+    assert_eq!(got.state, ObjectState::InSync, "{:?}", got.fields);
+    let ops: Vec<(&str, Option<&str>, Option<&str>)> = got.operations.iter().map(|o| (o.action.as_str(), o.manager.as_deref(), o.time.as_deref())).collect();
+    assert_eq!(
+        ops,
+        vec![("Restarted", Some("kubectl-rollout"), Some("2026-05-01T10:00:00Z")), ("ClientSideApplied", Some("kubectl-client-side-apply"), Some("2026-05-02T00:00:00Z"))]
+    );
+    // The policy switch: both count, and the applied configuration's text is never shown.
+    let counted = diff_object(&d, &live, &BuiltinSchema, DiffOptions { operations_as_drift: true, ..Default::default() });
+    assert_eq!(counted.state, ObjectState::Added);
+    assert!(counted.operations.is_empty());
+    assert_eq!(counted.fields.len(), 2);
+    assert!(!serde_json::to_string(&counted.fields).unwrap().contains("s3cr3t"));
+    // A chart that sets the annotation itself compares it like any other value.
+    let mut own = d.clone();
+    own["spec"]["template"]["metadata"] = json!({"annotations": {"kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z"}});
+    assert_eq!(diff(&own, &live), vec![("/spec/template/metadata/annotations/kubectl.kubernetes.io~1restartedAt".to_string(), Modified)]);
 }
 
 #[test]
@@ -462,7 +602,7 @@ mod properties {
         #[test]
         fn an_object_is_in_sync_with_itself(spec in value()) {
             let obj = json!({"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "t"}, "spec": spec});
-            let (state, fields) = diff_object(&obj, &obj, &BuiltinSchema, Exclusions::default());
+            let ObjectDiff { state, fields, .. } = diff_object(&obj, &obj, &BuiltinSchema, DiffOptions::default());
             prop_assert_eq!(state, ObjectState::InSync, "{:?}", fields);
         }
 
@@ -472,7 +612,7 @@ mod properties {
             let mut live = server_default(&obj, &extra);
             live["status"] = json!({"observedGeneration": 1});
             live["metadata"]["uid"] = json!("u-1");
-            let (state, fields) = diff_object(&obj, &live, &BuiltinSchema, Exclusions::default());
+            let ObjectDiff { state, fields, .. } = diff_object(&obj, &live, &BuiltinSchema, DiffOptions::default());
             prop_assert_eq!(state, ObjectState::InSync, "{:?}", fields);
         }
 
@@ -482,7 +622,7 @@ mod properties {
             let (key, v) = spec.iter().next().unwrap();
             let mut live = obj.clone();
             live["spec"][key] = json!(v.wrapping_add(bump));
-            let (state, fields) = diff_object(&obj, &live, &BuiltinSchema, Exclusions::default());
+            let ObjectDiff { state, fields, .. } = diff_object(&obj, &live, &BuiltinSchema, DiffOptions::default());
             prop_assert_eq!(state, ObjectState::Modified);
             prop_assert_eq!(fields.len(), 1);
             prop_assert_eq!(&fields[0].path, &format!("/spec/{}", key));
@@ -602,7 +742,7 @@ fn attribution_shapes() {
          "/data/k", "hotfix"),
     ];
     for (what, desired, live, managers, path, manager) in cases {
-        let (_, fields) = diff_object(&desired, &with_managers(live, managers), &BuiltinSchema, Exclusions::default());
+        let fields = diff_object(&desired, &with_managers(live, managers), &BuiltinSchema, DiffOptions::default()).fields;
         let f = fields.iter().find(|f| f.path == path).unwrap_or_else(|| panic!("{what}: no {path} in {fields:?}"));
         assert_eq!(f.manager.as_deref(), Some(manager), "{what}");
     }
@@ -615,7 +755,7 @@ fn added_set_item_by_a_foreign_manager() {
         json!({"metadata": {"name": "a", "finalizers": ["a", "example.com/hold"]}}),
         json!([{"manager": "holder", "operation": "Update", "fieldsV1": {"f:metadata": {"f:finalizers": {"v:\"example.com/hold\"": {}}}}}]),
     );
-    let (state, fields) = diff_object(&d, &live, &BuiltinSchema, Exclusions::default());
+    let ObjectDiff { state, fields, .. } = diff_object(&d, &live, &BuiltinSchema, DiffOptions::default());
     assert_eq!(state, ObjectState::Added);
     assert_eq!(fields[0].path, "/metadata/finalizers/1");
     assert_eq!(fields[0].manager.as_deref(), Some("holder"));

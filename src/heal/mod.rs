@@ -114,15 +114,15 @@ pub fn plan_patch(desired: &Value, live: &Value, fields: &[FieldDrift], remove_a
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drift::{BuiltinSchema, Exclusions, diff_object, normalize::desired_for_compare};
+    use crate::drift::{BuiltinSchema, DiffOptions, diff_object, normalize::desired_for_compare};
 
     fn plan(desired: Value, live: Value, remove_added: bool) -> Value {
-        let (_, fields) = diff_object(&desired, &live, &BuiltinSchema, Exclusions::default());
+        let fields = diff_object(&desired, &live, &BuiltinSchema, DiffOptions::default()).fields;
         let (ops, unplaced) = plan_patch(&desired_for_compare(&desired), &live, &fields, remove_added);
         assert!(unplaced.is_empty(), "{unplaced:?}");
         let mut healed = live.clone();
         json_patch::patch(&mut healed, &serde_json::from_value::<json_patch::Patch>(Value::Array(ops)).unwrap()).unwrap();
-        let (_, after) = diff_object(&desired, &healed, &BuiltinSchema, Exclusions::default());
+        let after = diff_object(&desired, &healed, &BuiltinSchema, DiffOptions::default()).fields;
         assert!(after.iter().all(|f| f.change == ChangeKind::Added && !remove_added), "still drifted: {after:?}");
         healed
     }
@@ -159,7 +159,7 @@ mod tests {
         let l = json!({"kind": "X", "metadata": {"managedFields": [{"manager": "kubectl-patch", "operation": "Update",
             "fieldsV1": {"f:spec": {"f:env": {"k:{\"name\":\"B\"}": {".": {}, "f:name": {}}, "k:{\"name\":\"C\"}": {".": {}, "f:name": {}}}}}}]},
             "spec": {"env": [{"name": "B"}, {"name": "A", "value": "1"}, {"name": "C"}]}});
-        let (_, fields) = diff_object(&d, &l, &BuiltinSchema, Exclusions::default());
+        let fields = diff_object(&d, &l, &BuiltinSchema, DiffOptions::default()).fields;
         let (ops, _) = plan_patch(&desired_for_compare(&d), &l, &fields, false);
         assert!(ops.is_empty());
         let (ops, _) = plan_patch(&desired_for_compare(&d), &l, &fields, true);
@@ -172,7 +172,7 @@ mod tests {
     fn a_concurrent_change_fails_the_patch() {
         let d = json!({"kind": "X", "spec": {"n": 1}});
         let l = json!({"kind": "X", "spec": {"n": 2}});
-        let (_, fields) = diff_object(&d, &l, &BuiltinSchema, Exclusions::default());
+        let fields = diff_object(&d, &l, &BuiltinSchema, DiffOptions::default()).fields;
         let (ops, _) = plan_patch(&desired_for_compare(&d), &l, &fields, false);
         let mut changed = json!({"kind": "X", "spec": {"n": 3}});
         assert!(json_patch::patch(&mut changed, &serde_json::from_value::<json_patch::Patch>(Value::Array(ops)).unwrap()).is_err());

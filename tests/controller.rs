@@ -5,75 +5,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Helm, TestNamespace, kubectl, wait_for};
+use common::{ControllerProcess, Helm, TestNamespace, apply_yaml, condition, drifted, kubectl, report, start_controller, wait_for};
 use serde_json::Value;
-
-struct ControllerProcess {
-    child: Child,
-    metrics_port: u16,
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start_controller(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str) -> ControllerProcess {
-    kubectl(&["apply", "-f", &common::repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
-    let (metrics_port, health_port) = (free_port(), free_port());
-    let log = std::fs::File::create(log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-        .args([
-            "run",
-            "--metrics-addr",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--health-addr",
-            &format!("127.0.0.1:{health_port}"),
-            "--cluster-policy-namespaces",
-            cluster_ns,
-            "--watch-namespaces",
-            &watch.join(","),
-            "--log-format",
-            "json",
-        ])
-        .env("POD_NAMESPACE", own_ns)
-        // Debug lines of the controller module: "object changed" says what a watch re-checked.
-        .env("RUST_LOG", "info,driftwatch::controller=debug,kube=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("driftwatch run starts");
-    ControllerProcess { child, metrics_port }
-}
-
-fn report(ns: &str, name: &str) -> Option<Value> {
-    let out = Command::new("kubectl").args(["get", "driftreport", name, "-n", ns, "-o", "json"]).output().unwrap();
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
-}
-
-fn condition<'a>(r: &'a Value, type_: &str) -> Option<&'a Value> {
-    r["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
-}
-
-fn drifted(r: &Value) -> Option<&str> {
-    condition(r, "Drifted").and_then(|c| c["status"].as_str())
-}
-
-fn apply_yaml(yaml: &str) {
-    let mut child = Command::new("kubectl").args(["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "kubectl apply:\n{yaml}");
-}
 
 /// How many times an Event of this reason was emitted (repeats are folded into a series or a
 /// count by the event recorder).

@@ -4,12 +4,14 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, Config};
+use serde_json::Value;
 
 const HOW_TO_START: &str = "start the local control plane first: `make test` does it all, or \
     `tests/cluster/up && eval \"$(tests/cluster/env)\"` in this shell";
@@ -192,3 +194,133 @@ pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+// The controller as a process, and what it writes.
+
+/// `driftwatch run` started by a test; killed when dropped.
+pub struct ControllerProcess {
+    pub child: Child,
+    pub metrics_port: u16,
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn start_controller(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str) -> ControllerProcess {
+    kubectl(&["apply", "-f", &repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
+    let (metrics_port, health_port) = (free_port(), free_port());
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args([
+            "run",
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--health-addr",
+            &format!("127.0.0.1:{health_port}"),
+            "--cluster-policy-namespaces",
+            cluster_ns,
+            "--watch-namespaces",
+            &watch.join(","),
+            "--log-format",
+            "json",
+        ])
+        .env("POD_NAMESPACE", own_ns)
+        // Debug lines of the controller module: "object changed" says what a watch re-checked.
+        .env("RUST_LOG", "info,driftwatch::controller=debug,kube=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("driftwatch run starts");
+    ControllerProcess { child, metrics_port }
+}
+
+pub fn report(ns: &str, name: &str) -> Option<Value> {
+    let out = Command::new("kubectl").args(["get", "driftreport", name, "-n", ns, "-o", "json"]).output().unwrap();
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+pub fn condition<'a>(r: &'a Value, type_: &str) -> Option<&'a Value> {
+    r["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+pub fn drifted(r: &Value) -> Option<&str> {
+    condition(r, "Drifted").and_then(|c| c["status"].as_str())
+}
+
+pub fn apply_yaml(yaml: &str) {
+    let mut child = Command::new("kubectl").args(["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "kubectl apply:\n{yaml}");
+}
+
+
+// `driftwatch check` as a process.
+
+pub fn driftwatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(args).output().expect("driftwatch runs")
+}
+
+/// `check RELEASE -n NS -o json --detailed-exitcode` → (exit code, the release's report).
+pub fn check(release: &str, ns: &str, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["check", release, "-n", ns, "-o", "json", "--detailed-exitcode"];
+    args.extend_from_slice(extra);
+    let out = driftwatch(&args);
+    let code = out.status.code().unwrap_or(-1);
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check {release}: not JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    (code, doc["releases"][0].clone())
+}
+
+pub fn not_in_sync(report: &Value) -> Vec<String> {
+    report["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] != "InSync")
+        .map(|r| format!("{} {} {}: {}", r["kind"], r["name"], r["state"], r))
+        .collect()
+}
+
+pub fn resource<'a>(report: &'a Value, kind: &str, name: &str) -> &'a Value {
+    report["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == kind && r["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in {report}"))
+}
+
+pub fn field<'a>(res: &'a Value, path: &str) -> &'a Value {
+    res["fields"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no fields in {res}"))
+        .iter()
+        .find(|f| f["path"] == path)
+        .unwrap_or_else(|| panic!("no field {path} in {res}"))
+}
+
+
+/// Waits until kube-controller-manager has acted on the release's Deployments (ReplicaSets
+/// exist and status is observed), so its writes are part of what is checked.
+pub fn wait_for_controllers(ns: &str) {
+    for _ in 0..100 {
+        let out = kubectl(&["get", "deployments", "-n", ns, "-o", "jsonpath={range .items[*]}{.status.observedGeneration}/{.metadata.generation} {end}"]);
+        let rs = kubectl(&["get", "replicasets", "-n", ns, "-o", "name"]);
+        let all_observed = !out.trim().is_empty() && out.split_whitespace().all(|p| p.split_once('/').is_some_and(|(a, b)| a == b));
+        if all_observed && !rs.trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("kube-controller-manager did not observe the Deployments in {ns}");
+}
+

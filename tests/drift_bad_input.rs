@@ -56,7 +56,7 @@ async fn unknown_kinds_and_bad_documents_are_errors_and_the_rest_is_checked() {
     let broken = resource(report, "handmade/templates/broken.yaml");
     assert_eq!(broken["state"], "Error");
     assert!(broken["message"].as_str().unwrap().contains("not valid YAML"), "{broken}");
-    assert_eq!(report["summary"], json!({"resources": 4, "inSync": 1, "modified": 0, "missing": 1, "added": 0, "errors": 2}));
+    assert_eq!(report["summary"], json!({"resources": 4, "inSync": 1, "modified": 0, "missing": 1, "added": 0, "errors": 2, "operations": 0}));
 }
 
 #[tokio::test]

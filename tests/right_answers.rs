@@ -480,10 +480,17 @@ async fn crossplane_chart_both_helms() {
         let (code, r) = check("xp", n, &["--no-confirm"]);
         assert_eq!((not_in_sync(&r), code), (Vec::<String>::new(), 0), "crossplane under {helm:?} after an upgrade");
         kubectl(&["set", "env", "deployment/crossplane", "-n", n, "-c", "crossplane", "DEBUG=1"]);
+        kubectl(&["rollout", "restart", "deployment/crossplane-rbac-manager", "-n", n]);
+        kubectl(&["patch", "secret/crossplane-root-ca", "-n", n, "--type=merge", "-p", r#"{"stringData":{"tls.key":"pasted-by-hand"}}"#]);
         let (code, r) = check("xp", n, &[]);
         assert_eq!(code, 2);
         let added = resource(&r, "Deployment", "crossplane")["fields"].as_array().unwrap().iter().any(|f| f["live"]["name"] == "DEBUG" && f["manager"] == "kubectl-set");
         assert!(added, "{}", resource(&r, "Deployment", "crossplane"));
+        let rbac = resource(&r, "Deployment", "crossplane-rbac-manager");
+        assert_eq!((rbac["state"].as_str(), rbac["operations"][0]["action"].as_str()), (Some("InSync"), Some("Restarted")), "{rbac}");
+        let key = field(resource(&r, "Secret", "crossplane-root-ca"), "/data/tls.key");
+        assert_eq!((key["change"].as_str(), key["manager"].as_str()), (Some("Added"), Some("kubectl-patch")), "{key}");
+        assert!(key["live"].as_str().unwrap().starts_with("(redacted, hmac:") && !r.to_string().contains("pasted-by-hand"));
         helm.ok(&["uninstall", "xp", "-n", n]);
         std::thread::sleep(Duration::from_secs(1));
         clear();

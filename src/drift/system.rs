@@ -2,8 +2,9 @@
 //! which component (under which `managedFields` manager), on which kind, at which paths, and
 //! when. A field in this table is the controller's, not drift.
 //!
-//! Reviewed against the sources of the Kubernetes version the tests pin (see
-//! `tests/cluster/versions.env`); each row names where the write happens. Writes through the
+//! Reviewed against the sources of the Kubernetes version the tests pin
+//! (`tests/cluster/versions.env`); `docs/kubernetes-writers.md` is the review, writer by writer,
+//! and each row here names where its write happens. Writes through the
 //! `status` subresource are never drift and need no row. Anything else a system component
 //! writes is reported like any other manager's change: the table is the whole list of
 //! exceptions, so a new one is a reviewed row here, not a guess.

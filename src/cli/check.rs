@@ -151,3 +151,39 @@ fn who(f: &crate::drift::FieldDrift) -> String {
 pub fn document(reports: &[ReleaseReport]) -> Value {
     serde_json::json!({ "releases": reports })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::who;
+    use crate::drift::{ChangeKind, FieldDrift};
+
+    fn f(manager: Option<&str>, subresource: Option<&str>, time: Option<&str>, candidates: &[&str]) -> FieldDrift {
+        FieldDrift {
+            path: "/spec/x".into(),
+            desired: None,
+            live: None,
+            change: ChangeKind::Removed,
+            manager: manager.map(str::to_string),
+            operation: manager.map(|_| "Update".to_string()),
+            subresource: subresource.map(str::to_string),
+            time: time.map(str::to_string),
+            candidates: candidates.iter().map(|c| c.to_string()).collect(),
+            seen: None,
+            locator: vec![],
+        }
+    }
+
+    #[test]
+    fn who_is_said_as_recorded() {
+        assert_eq!(who(&f(Some("kubectl-edit"), None, Some("2026-01-01T00:00:00Z"), &[])), "  by kubectl-edit (Update, 2026-01-01T00:00:00Z)");
+        assert_eq!(who(&f(Some("kubectl"), Some("scale"), None, &[])), "  by kubectl (Update via scale)");
+        assert_eq!(who(&f(None, None, None, &[])), "  by unknown — Kubernetes records no owner for removed fields");
+        assert_eq!(
+            who(&f(None, None, None, &["kubectl-label", "kubectl-patch"])),
+            "  by unknown — Kubernetes records no owner for removed fields; wrote the object since the deploy: kubectl-label, kubectl-patch (candidates, not a record)"
+        );
+        let mut seen = f(None, None, None, &[]);
+        seen.seen = Some("2026-01-02T00:00:00Z".into());
+        assert!(who(&seen).contains(", first seen 2026-01-02T00:00:00Z"));
+    }
+}

@@ -405,6 +405,73 @@ mod tests {
         assert!(transition_event(Some(false), &s).is_none());
     }
 
+    fn drifted_field(path: &str, manager: Option<&str>) -> crate::drift::FieldDrift {
+        crate::drift::FieldDrift {
+            path: path.into(),
+            desired: Some(serde_json::json!(1)),
+            live: None,
+            change: if manager.is_some() { crate::drift::ChangeKind::Modified } else { crate::drift::ChangeKind::Removed },
+            manager: manager.map(str::to_string),
+            operation: manager.map(|_| "Update".to_string()),
+            subresource: None,
+            time: None,
+            candidates: vec![],
+            seen: None,
+            locator: vec![],
+        }
+    }
+
+    fn with_fields(fields: Vec<crate::drift::FieldDrift>) -> ReleaseReport {
+        let mut r = report(true);
+        r.resources[0].fields = fields;
+        r
+    }
+
+    #[test]
+    fn seen_is_the_first_sighting_while_the_drift_lasts() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let mut first = with_fields(vec![drifted_field("/data/a", None)]);
+        stamp_seen(&mut first, &[], t("2026-01-01T00:00:00Z"));
+        assert_eq!(first.resources[0].fields[0].seen.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(first.resources[0].seen.as_deref(), Some("2026-01-01T00:00:00Z"));
+        // A later check: the old field keeps its time, a new one gets the check's.
+        let mut second = with_fields(vec![drifted_field("/data/a", None), drifted_field("/data/b", Some("kubectl-edit"))]);
+        stamp_seen(&mut second, &[&first.resources], t("2026-01-01T00:05:00Z"));
+        let seen: Vec<Option<&str>> = second.resources[0].fields.iter().map(|f| f.seen.as_deref()).collect();
+        assert_eq!(seen, vec![Some("2026-01-01T00:00:00Z"), Some("2026-01-01T00:05:00Z")]);
+        assert_eq!(second.resources[0].seen.as_deref(), Some("2026-01-01T00:00:00Z"));
+        // Of two earlier sources (memory, the written report) the earlier time wins.
+        let mut written = first.clone();
+        written.resources[0].fields[0].seen = Some("2025-12-31T23:00:00Z".into());
+        let mut third = with_fields(vec![drifted_field("/data/a", None)]);
+        stamp_seen(&mut third, &[&second.resources, &written.resources], t("2026-01-01T00:10:00Z"));
+        assert_eq!(third.resources[0].fields[0].seen.as_deref(), Some("2025-12-31T23:00:00Z"));
+        // Once back in sync the episode ends: a later drift of the same path is seen anew.
+        let mut fixed = report(false);
+        stamp_seen(&mut fixed, &[&third.resources], t("2026-01-01T00:15:00Z"));
+        assert_eq!(fixed.resources[0].seen, None);
+        let mut again = with_fields(vec![drifted_field("/data/a", None)]);
+        stamp_seen(&mut again, &[&fixed.resources], t("2026-01-01T00:20:00Z"));
+        assert_eq!(again.resources[0].fields[0].seen.as_deref(), Some("2026-01-01T00:20:00Z"));
+    }
+
+    #[test]
+    fn messages_say_who_or_that_nobody_is_recorded_and_when() {
+        let t: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut r = with_fields(vec![drifted_field("/data/a", None)]);
+        stamp_seen(&mut r, &[], t);
+        let b = build(&r, "ns/p", None, t, &history(ReleaseStatus::Deployed), None);
+        assert_eq!(
+            b.drift_message,
+            "1 of 1 resources drifted: ConfigMap/cm (/data/a removed by unknown (Kubernetes records no owner for removed fields), first seen 2026-01-01T00:00:00Z)"
+        );
+        let mut r = with_fields(vec![drifted_field("/data/a", Some("kubectl-edit")), drifted_field("/data/b", None)]);
+        stamp_seen(&mut r, &[], t);
+        let b = build(&r, "ns/p", None, t, &history(ReleaseStatus::Deployed), None);
+        assert!(b.drift_message.contains("(/data/a changed by kubectl-edit, first seen 2026-01-01T00:00:00Z and 1 more field(s))"), "{}", b.drift_message);
+        assert!(!b.drift_message.contains("by unknown"), "only the first field is described: {}", b.drift_message);
+    }
+
     #[test]
     fn unhealthy_releases() {
         let t: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();

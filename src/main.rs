@@ -265,6 +265,7 @@ async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow:
     let client = client().await?;
     let mut ignore_managers = opts.ignore_manager.clone();
     let mut operations_as_drift = opts.operations_as_drift;
+    let policy_requests = usize::from(policy_ref.is_some());
     if let Some((pns, pname)) = &policy_ref {
         let api: kube::Api<driftwatch::api::DriftPolicy> = kube::Api::namespaced(client.clone(), pns);
         let p = api
@@ -336,11 +337,12 @@ async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow:
     if opts.verbose {
         let confirmed: usize = reports.iter().map(|r| r.confirmed_away).sum();
         eprintln!(
-            "driftwatch: {} API requests for {} release(s) ({} to list storage, {} to fetch records, {} for discovery, schemas, live reads and dry-runs); {confirmed} local finding(s) dismissed by dry-run",
-            2 + reports.len() + resolver.requests(),
+            "driftwatch: {} API requests for {} release(s) ({} to list storage, {} to fetch records, {} to read DriftPolicies and DriftReports, {} for discovery, schemas, live reads and dry-runs); {confirmed} local finding(s) dismissed by dry-run",
+            2 + reports.len() + policy_view.requests + policy_requests + resolver.requests(),
             reports.len(),
             2,
             reports.len(),
+            policy_view.requests + policy_requests,
             resolver.requests()
         );
     }

@@ -23,6 +23,8 @@ pub const DEFAULT_CONTROLLER_NAMESPACE: &str = "driftwatch-system";
 pub struct PolicyView {
     pub by_report: HashMap<(String, String), String>,
     pub policies: Vec<DriftPolicy>,
+    /// API requests made to read them.
+    pub requests: usize,
 }
 
 impl PolicyView {
@@ -43,7 +45,7 @@ impl PolicyView {
             Err(_) => HashMap::new(),
         };
         let policies = Api::<DriftPolicy>::all(client.clone()).list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-        PolicyView { by_report, policies }
+        PolicyView { by_report, policies, requests: 2 }
     }
 
     /// The policy that covers a checked release (`ns/name`), if any.

@@ -627,6 +627,37 @@ mod properties {
             prop_assert_eq!(fields.len(), 1);
             prop_assert_eq!(&fields[0].path, &format!("/spec/{}", key));
         }
+
+        /// Whatever managers wrote the object (each owning some of the fields still there, at
+        /// any time), a field removed live names none of them: Kubernetes keeps no owner for it.
+        #[test]
+        fn a_removed_field_never_names_a_manager(
+            spec in prop::collection::btree_map("[a-z]{1,6}", 1i32..1000, 2..8),
+            writers in prop::collection::vec(("[a-z-]{1,10}", 0u32..60, any::<bool>()), 0..5),
+        ) {
+            let obj = json!({"kind": "Thing", "metadata": {"name": "t"}, "spec": spec});
+            let removed = spec.keys().next().unwrap().clone();
+            let mut live = obj.clone();
+            live["spec"].as_object_mut().unwrap().remove(&removed);
+            let kept: Vec<&String> = spec.keys().skip(1).collect();
+            let entries: Vec<Value> = writers.iter().enumerate().map(|(i, (m, minute, owns))| {
+                // `{}` is an owned leaf: a writer that owns nothing in spec wrote a label.
+                let owned = if *owns { json!({"f:spec": {format!("f:{}", kept[i % kept.len()]): {}}}) } else { json!({"f:metadata": {"f:labels": {"f:x": {}}}}) };
+                json!({"manager": m, "operation": "Update", "time": format!("2026-01-01T00:{minute:02}:00Z"), "fieldsV1": owned})
+            }).collect();
+            live["metadata"]["managedFields"] = Value::Array(entries);
+            let deployed: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+            let fields = diff_object(&obj, &live, &BuiltinSchema, DiffOptions { deployed_at: Some(deployed), ..Default::default() }).fields;
+            let gone = fields.iter().find(|f| f.path == format!("/spec/{removed}"));
+            prop_assert!(gone.is_some(), "{:?}", fields);
+            let gone = gone.unwrap();
+            prop_assert_eq!(gone.change, Removed);
+            prop_assert_eq!(&gone.manager, &None);
+            prop_assert_eq!(&gone.time, &None);
+            for c in &gone.candidates {
+                prop_assert!(writers.iter().any(|(m, _, _)| m == c), "a candidate is a writer of the object: {}", c);
+            }
+        }
     }
 }
 

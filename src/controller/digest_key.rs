@@ -38,6 +38,10 @@ pub async fn load(client: &Client, namespace: &str) -> anyhow::Result<DigestKey>
             }
             // Another replica made it first: read theirs.
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(kube::Error::Api(s)) if s.code == 404 => anyhow::bail!(
+                "cannot create {}: the controller's namespace {namespace} does not exist (create it, or set POD_NAMESPACE to the namespace the controller runs in)",
+                what()
+            ),
             Err(e) => anyhow::bail!("cannot create {}: {e}", what()),
         }
     }

@@ -496,3 +496,28 @@ async fn crossplane_chart_both_helms() {
         clear();
     }
 }
+
+/// The controller cannot start without its digest key: a missing namespace or an unusable key
+/// Secret stops it with a message that says what to do, and nothing is written.
+#[tokio::test]
+async fn digest_key_problems_stop_the_controller_clearly() {
+    let client = common::client().await;
+    let run = |own_ns: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+            .args(["run", "--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--watch-namespaces", own_ns])
+            .env("POD_NAMESPACE", own_ns)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run("no-such-namespace-for-driftwatch");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("namespace no-such-namespace-for-driftwatch does not exist") && err.contains("POD_NAMESPACE"), "{err}");
+
+    let ns = TestNamespace::new(&client, "bad-key").await;
+    kubectl(&["create", "secret", "generic", "driftwatch-digest-key", "-n", &ns.name, "--from-literal=key=short"]);
+    let (code, err) = run(&ns.name);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("has no usable `key`") && err.contains("delete it to have a new key made"), "{err}");
+    assert!(!err.contains("short"), "the key's value is never printed: {err}");
+}

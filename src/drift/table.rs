@@ -418,21 +418,20 @@ fn cluster_role(extra: Value) -> Value {
 #[test]
 fn aggregated_cluster_role_rules_are_the_controllers() {
     let rule = json!({"aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"rbac.example.com/aggregate-to-agg": "true"}}]}});
-    let filled = |extra: Value| {
+    let filled = || {
         let mut live = cluster_role(rule.clone());
         live["rules"] = json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]);
         live["metadata"]["managedFields"] = json!([
             {"manager": "helm", "operation": "Update", "fieldsV1": {"f:aggregationRule": {".": {}, "f:clusterRoleSelectors": {}}}},
             {"manager": "clusterrole-aggregation-controller", "operation": "Apply", "fieldsV1": {"f:rules": {}}}]);
-        let _ = extra;
         live
     };
     // Manifest without rules: the filled rules are not Added.
-    insync(cluster_role(rule.clone()), filled(json!({})));
+    insync(cluster_role(rule.clone()), filled());
     // Manifest with `rules: []`: not Modified either.
     let mut with_empty = cluster_role(rule.clone());
     with_empty["rules"] = json!([]);
-    insync(with_empty.clone(), filled(json!({})));
+    insync(with_empty.clone(), filled());
     // Nothing aggregated yet: the API server returns `rules: null`.
     let mut unfilled = cluster_role(rule.clone());
     unfilled["rules"] = Value::Null;

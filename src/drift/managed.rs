@@ -161,15 +161,15 @@ impl ManagedFields {
             .map(ManagerEntry::attribution)
     }
 
-    /// For a change with no recorded owner: the managers (not Helm, not Kubernetes' own
-    /// components, not ignored) whose entries were written since `since`, newest first. With
-    /// no `since`, none: without the deploy time nobody can be a candidate.
-    pub fn candidates(&self, since: Option<jiff::Timestamp>, ignored: &[String]) -> Vec<String> {
+    /// For a change with no recorded owner: the managers (not Helm, not `excluded`) whose
+    /// entries were written since `since`, newest first, status writers left out. With no
+    /// `since`, none: without the deploy time nobody can be a candidate.
+    pub fn candidates(&self, since: Option<jiff::Timestamp>, excluded: impl Fn(&str) -> bool) -> Vec<String> {
         let Some(since) = since else { return Vec::new() };
         let mut written: Vec<(jiff::Timestamp, &str)> = self
             .entries
             .iter()
-            .filter(|e| !Self::is_helm(&e.manager) && !super::system::is_system_manager(&e.manager) && !ignored.contains(&e.manager))
+            .filter(|e| !Self::is_helm(&e.manager) && !excluded(&e.manager))
             .filter(|e| e.subresource.as_deref() != Some("status"))
             .filter_map(|e| Some((e.time.as_deref()?.parse::<jiff::Timestamp>().ok()?, e.manager.as_str())))
             .filter(|(t, _)| *t >= since)
@@ -270,12 +270,13 @@ mod tests {
         let gone = [f("spec"), f("template"), f("spec"), f("containers"), k(json!({"name": "web"})), f("livenessProbe")];
         assert_eq!(m.attribute(&gone), None, "nobody owns a removed field: no guess");
         let since = |t: &str| Some(t.parse::<jiff::Timestamp>().unwrap());
-        // Written since the deploy, newest first; not Helm, not kube-controller-manager, not
-        // the scale entry (no time).
-        assert_eq!(m.candidates(since("2026-01-02T00:00:00Z"), &[]), vec!["kubectl-patch", "kubectl-edit"]);
-        assert_eq!(m.candidates(since("2026-01-03T12:00:00Z"), &[]), vec!["kubectl-patch"]);
-        assert_eq!(m.candidates(since("2026-01-03T12:00:00Z"), &["kubectl-patch".into()]), Vec::<String>::new());
-        assert_eq!(m.candidates(None, &[]), Vec::<String>::new());
+        // Written since the deploy, newest first; not Helm, not a status writer
+        // (kube-controller-manager here), not the scale entry (no time).
+        let none = |_: &str| false;
+        assert_eq!(m.candidates(since("2026-01-02T00:00:00Z"), none), vec!["kubectl-patch", "kubectl-edit"]);
+        assert_eq!(m.candidates(since("2026-01-03T12:00:00Z"), none), vec!["kubectl-patch"]);
+        assert_eq!(m.candidates(since("2026-01-03T12:00:00Z"), |m| m == "kubectl-patch"), Vec::<String>::new());
+        assert_eq!(m.candidates(None, none), Vec::<String>::new());
     }
 
     #[test]

@@ -156,7 +156,12 @@ pub fn diff_object(desired: &Value, live: &Value, schema: &dyn Schema, opts: Dif
             });
             continue;
         }
-        let candidates = if who.is_none() { managed.candidates(opts.deployed_at, opts.managers) } else { Vec::new() };
+        let candidates = if who.is_none() {
+            // Kubernetes' own components and ignored managers are never who a person was.
+            managed.candidates(opts.deployed_at, |m| system::is_system_manager(m) || opts.managers.iter().any(|i| i == m))
+        } else {
+            Vec::new()
+        };
         let (desired, live) = if is_secret {
             (raw.desired.as_ref().map(|v| key.redact(v)), raw.live.as_ref().map(|v| key.redact(v)))
         } else if op.is_some_and(|(a, _)| a == "kubectl.kubernetes.io/last-applied-configuration") {

@@ -243,7 +243,8 @@ pub fn stamp_seen(report: &mut ReleaseReport, earlier: &[&[crate::check::Resourc
             }
         }
     }
-    let now = now.to_string();
+    // To the second, as managedFields times are: the watch's latency is finer than anyone reads.
+    let now = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string();
     for r in report.resources.iter_mut() {
         if !matches!(r.state, ObjectState::Modified | ObjectState::Missing | ObjectState::Added) {
             r.seen = None;

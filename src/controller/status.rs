@@ -432,7 +432,7 @@ mod tests {
     fn seen_is_the_first_sighting_while_the_drift_lasts() {
         let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
         let mut first = with_fields(vec![drifted_field("/data/a", None)]);
-        stamp_seen(&mut first, &[], t("2026-01-01T00:00:00Z"));
+        stamp_seen(&mut first, &[], t("2026-01-01T00:00:00.123456789Z"));
         assert_eq!(first.resources[0].fields[0].seen.as_deref(), Some("2026-01-01T00:00:00Z"));
         assert_eq!(first.resources[0].seen.as_deref(), Some("2026-01-01T00:00:00Z"));
         // A later check: the old field keeps its time, a new one gets the check's.

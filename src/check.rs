@@ -408,35 +408,7 @@ async fn check_object(
         }
     };
     report.change_token = live.get("metadata").map(|m| change_token(&o.api_version, &o.kind, m));
-    let schema = resolver.schema(&o.api_version, &o.kind).await;
-    let schema: &dyn Schema = match &schema {
-        Some(s) => s.as_ref(),
-        None => &drift::BuiltinSchema,
-    };
-    let (group, version) = o.api_version.split_once('/').unwrap_or(("", &o.api_version));
-    let string_map = |v: Option<&Value>| -> std::collections::BTreeMap<String, String> {
-        v.and_then(Value::as_object)
-            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-            .unwrap_or_default()
-    };
-    let identity = ObjectIdentity {
-        group,
-        version,
-        kind: &o.kind,
-        name: &o.name,
-        namespace: ns.as_deref().unwrap_or(""),
-        labels: string_map(live.pointer("/metadata/labels")),
-        annotations: string_map(live.pointer("/metadata/annotations")),
-    };
-    let paths = settings.ignore.paths_for(&identity);
-    let opts = DiffOptions {
-        paths: &paths,
-        managers: settings.ignore_managers,
-        operations_as_drift: settings.operations_as_drift,
-        deployed_at,
-        digest_key: settings.digest_key,
-    };
-    let drift::ObjectDiff { mut state, mut fields, operations } = drift::diff_object(&o.object, &live, schema, opts);
+    let (drift::ObjectDiff { mut state, mut fields, operations }, _) = compare_live(resolver, o, ns.as_deref(), &live, deployed_at, settings).await;
     report.operations = operations;
     let mut confirmed_away = 0;
     if settings.confirm && fields.iter().any(|f| f.change != ChangeKind::Added) {
@@ -456,6 +428,54 @@ async fn check_object(
     report.state = state;
     report.fields = fields;
     (report, confirmed_away)
+}
+
+/// One desired object against its live version, the one way Driftwatch compares (the check
+/// and the heal alike): the identity ignore rules select on includes the live labels and
+/// annotations; the schema is the API server's (the built-in table when it has none); the
+/// policy's ignore paths, managers and switches apply. Returns the comparison and the ignored
+/// paths (a heal leaves them out of what it applies).
+pub async fn compare_live<'s>(
+    resolver: &Resolver,
+    o: &DesiredObject,
+    ns: Option<&str>,
+    live: &Value,
+    deployed_at: Option<jiff::Timestamp>,
+    settings: &CheckSettings<'s>,
+) -> (drift::ObjectDiff, Vec<&'s str>) {
+    let schema = resolver.schema(&o.api_version, &o.kind).await;
+    let schema: &dyn Schema = match &schema {
+        Some(s) => s.as_ref(),
+        None => &drift::BuiltinSchema,
+    };
+    let paths = settings.ignore.paths_for(&identity_of(o, ns, live));
+    let opts = DiffOptions {
+        paths: &paths,
+        managers: settings.ignore_managers,
+        operations_as_drift: settings.operations_as_drift,
+        deployed_at,
+        digest_key: settings.digest_key,
+    };
+    (drift::diff_object(&o.object, live, schema, opts), paths)
+}
+
+/// What ignore targets match: the object's identity with its live labels and annotations.
+pub fn identity_of<'a>(o: &'a DesiredObject, ns: Option<&'a str>, live: &Value) -> ObjectIdentity<'a> {
+    let (group, version) = o.api_version.split_once('/').unwrap_or(("", &o.api_version));
+    let string_map = |v: Option<&Value>| -> std::collections::BTreeMap<String, String> {
+        v.and_then(Value::as_object)
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .unwrap_or_default()
+    };
+    ObjectIdentity {
+        group,
+        version,
+        kind: &o.kind,
+        name: &o.name,
+        namespace: ns.unwrap_or(""),
+        labels: string_map(live.pointer("/metadata/labels")),
+        annotations: string_map(live.pointer("/metadata/annotations")),
+    }
 }
 
 fn describe_read_error(e: &ResolveError, kind: &str, ns: Option<&str>, name: &str) -> String {

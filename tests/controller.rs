@@ -489,3 +489,33 @@ async fn status_updates_are_not_rechecked() {
     wait_for("Drifted after a spec edit", 30, || report(ns, "app").filter(|r| drifted(r) == Some("True")));
     assert!(changes_seen(&scene.log, "Deployment", deployment) > settled);
 }
+
+/// Issue 12, bug 1: a heal never touches a path the policy ignores, whatever selects it — here
+/// an ignore rule that selects the Deployment by a label only the live object carries (Helm's
+/// `app.kubernetes.io/managed-by` stamp), under both apply methods.
+async fn heal_honours_label_selected_ignores(helm: Helm) {
+    let scene = Scene::new(
+        &format!("heal-label-{}", helm.short()),
+        helm,
+        "statefulset.enabled=false",
+        "  mode: Heal\n  interval: 1m\n  ignore:\n  - paths: [/spec/replicas]\n    target: {kind: Deployment, labelSelector: app.kubernetes.io/managed-by=Helm}\n",
+    )
+    .await;
+    let n = scene.ns.name.as_str();
+    kubectl(&["scale", "deployment/app-fullstack", "-n", n, "--replicas=5"]);
+    set_memory(n, "app-fullstack", "512Mi", "1Gi");
+    let mem = "{.spec.template.spec.containers[0].resources.limits.memory}";
+    wait_for("memory put back", 60, || (jsonpath(n, "deployment/app-fullstack", mem) == "512Mi").then_some(()));
+    wait_for("the report back in sync", 60, || report(n, "app").filter(|r| drifted(r) == Some("False")));
+    assert_eq!(jsonpath(n, "deployment/app-fullstack", "{.spec.replicas}"), "5", "the label-selected ignored path was healed");
+}
+
+#[tokio::test]
+async fn helm3_heal_honours_label_selected_ignores() {
+    heal_honours_label_selected_ignores(Helm::V3).await;
+}
+
+#[tokio::test]
+async fn helm4_heal_honours_label_selected_ignores() {
+    heal_honours_label_selected_ignores(Helm::V4).await;
+}

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::api::DriftPolicy;
 use crate::check::{DecodedRelease, ReleaseReport};
 use crate::cluster::Resolver;
-use crate::drift::{self, ChangeKind, DiffOptions, IgnoreRules, ObjectIdentity, ObjectState};
+use crate::drift::{self, ChangeKind, IgnoreRules, ObjectState};
 use crate::helm::ApplyMethod;
 use crate::heal::{plan_patch, with_helm_stamps, without_paths};
 
@@ -61,6 +61,15 @@ pub async fn heal_release(
     let spec = &policy.spec.heal;
     let window = CONTEST_WINDOW.max(crate::api::parse_duration(&spec.after).unwrap_or_default());
     let release_ns = decoded.release.namespace.as_str();
+    let compare = crate::check::CheckSettings {
+        ignore,
+        ignore_managers: &policy.spec.ignore_managers,
+        operations_as_drift: policy.spec.operations_as_drift,
+        digest_key: None,
+        confirm: false,
+        concurrency: 1,
+        reuse: None,
+    };
     for res in &report.resources {
         if !matches!(res.state, ObjectState::Modified | ObjectState::Missing | ObjectState::Added) {
             continue;
@@ -105,16 +114,9 @@ pub async fn heal_release(
                 continue;
             }
         };
-        let schema = resolver.schema(&desired.api_version, &desired.kind).await;
-        let schema: &dyn drift::Schema = match &schema {
-            Some(s) => s.as_ref(),
-            None => &drift::BuiltinSchema,
-        };
-        let (group, version) = desired.api_version.split_once('/').unwrap_or(("", &desired.api_version));
-        let id = ObjectIdentity { group, version, kind: &desired.kind, name: &desired.name, namespace: ns.as_deref().unwrap_or(""), ..Default::default() };
-        let ignored = ignore.paths_for(&id);
-        let opts = DiffOptions { paths: &ignored, managers: &policy.spec.ignore_managers, operations_as_drift: policy.spec.operations_as_drift, ..Default::default() };
-        let fields = drift::diff_object(&desired.object, &live, schema, opts).fields;
+        // Compared afresh, the same way the check compares (ignore rules see the live labels).
+        let (diff, ignored) = crate::check::compare_live(resolver, desired, ns.as_deref(), &live, decoded.release.info.last_deployed, &compare).await;
+        let fields = diff.fields;
         let now = Instant::now();
         let mut to_heal = Vec::new();
         for f in fields {

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 use crate::api::DriftPolicy;
 
 /// Where policies may select across namespaces.
@@ -55,8 +57,7 @@ pub fn policy_matches(tenancy: &Tenancy, policy: &DriftPolicy, r: &ReleaseFacts)
             return false;
         }
         if let Some(ns_sel) = &sel.namespace_selector {
-            let wanted = ns_sel.match_labels.clone().unwrap_or_default();
-            if !wanted.iter().all(|(k, v)| r.namespace_labels.get(k) == Some(v)) {
+            if !selector_matches(ns_sel, r.namespace_labels) {
                 return false;
             }
         }
@@ -72,6 +73,39 @@ pub fn policy_matches(tenancy: &Tenancy, policy: &DriftPolicy, r: &ReleaseFacts)
         }
     }
     sel.match_labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
+}
+
+/// A Kubernetes label selector against a set of labels: every `matchLabels` pair and every
+/// `matchExpressions` requirement (`In`, `NotIn`, `Exists`, `DoesNotExist`) must hold. An
+/// unknown operator matches nothing ([`selector_problem`] makes such a policy invalid).
+pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let pairs = sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    pairs
+        && sel.match_expressions.iter().flatten().all(|req| {
+            let values = req.values.as_deref().unwrap_or_default();
+            match (req.operator.as_str(), labels.get(&req.key)) {
+                ("In", Some(v)) => values.contains(v),
+                ("In", None) => false,
+                ("NotIn", Some(v)) => !values.contains(v),
+                ("NotIn", None) => true,
+                ("Exists", found) => found.is_some(),
+                ("DoesNotExist", found) => found.is_none(),
+                _ => false,
+            }
+        })
+}
+
+/// Why a label selector is invalid, as the API server's own validation would say.
+pub fn selector_problem(sel: &LabelSelector) -> Option<String> {
+    sel.match_expressions.iter().flatten().find_map(|req| {
+        let n = req.values.as_ref().map_or(0, Vec::len);
+        match req.operator.as_str() {
+            "In" | "NotIn" if n == 0 => Some(format!("matchExpressions: operator {} on {:?} needs at least one value", req.operator, req.key)),
+            "Exists" | "DoesNotExist" if n > 0 => Some(format!("matchExpressions: operator {} on {:?} takes no values", req.operator, req.key)),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => None,
+            other => Some(format!("matchExpressions: unknown operator {other:?} on {:?} (In, NotIn, Exists, DoesNotExist)", req.key)),
+        }
+    })
 }
 
 /// The winning policy among those that match: own namespace first, then `namespace/name` order.
@@ -165,6 +199,44 @@ mod tests {
         ];
         assert_eq!(policy_key(winner(&t, &ps, &facts("team-a", "x", &e)).unwrap()), "team-a/z-own");
         assert_eq!(policy_key(winner(&t, &ps, &facts("team-b", "x", &e)).unwrap()), "platform/a-cluster");
+    }
+
+    fn ns_selector(v: serde_json::Value) -> ReleaseSelector {
+        ReleaseSelector { namespace_selector: Some(serde_json::from_value(v).unwrap()), ..Default::default() }
+    }
+
+    #[test]
+    fn namespace_selectors_with_expressions() {
+        let t = Tenancy { cluster_policy_namespaces: vec!["platform".into()] };
+        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+        let e = BTreeMap::new();
+        let rows: Vec<(serde_json::Value, &[(&str, &str)], bool)> = vec![
+            (serde_json::json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "stage"]}]}), &[("env", "prod")], true),
+            (serde_json::json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]}), &[("env", "dev")], false),
+            (serde_json::json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]}), &[], false),
+            (serde_json::json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]}), &[("env", "prod")], true),
+            (serde_json::json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]}), &[("env", "dev")], false),
+            (serde_json::json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]}), &[], true),
+            (serde_json::json!({"matchExpressions": [{"key": "env", "operator": "Exists"}]}), &[("env", "x")], true),
+            (serde_json::json!({"matchExpressions": [{"key": "env", "operator": "Exists"}]}), &[], false),
+            (serde_json::json!({"matchExpressions": [{"key": "env", "operator": "DoesNotExist"}]}), &[], true),
+            (serde_json::json!({"matchExpressions": [{"key": "env", "operator": "DoesNotExist"}]}), &[("env", "x")], false),
+            (serde_json::json!({"matchLabels": {"team": "a"}, "matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]}), &[("env", "prod")], false),
+            (serde_json::json!({"matchLabels": {"team": "a"}, "matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]}), &[("env", "prod"), ("team", "a")], true),
+            (serde_json::json!({"matchExpressions": [{"key": "env", "operator": "Sometimes", "values": ["prod"]}]}), &[("env", "prod")], false),
+            (serde_json::json!({}), &[], true),
+        ];
+        let invalid = |v: serde_json::Value| selector_problem(&serde_json::from_value(v).unwrap());
+        assert!(invalid(serde_json::json!({"matchExpressions": [{"key": "env", "operator": "Sometimes"}]})).unwrap().contains("unknown operator"));
+        assert!(invalid(serde_json::json!({"matchExpressions": [{"key": "env", "operator": "In", "values": []}]})).unwrap().contains("at least one value"));
+        assert!(invalid(serde_json::json!({"matchExpressions": [{"key": "env", "operator": "Exists", "values": ["x"]}]})).unwrap().contains("takes no values"));
+        assert_eq!(invalid(serde_json::json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["x"]}]})), None);
+        for (sel, ns_labels, want) in rows {
+            let p = policy("platform", "p", ns_selector(sel.clone()));
+            let l = labels(ns_labels);
+            let f = ReleaseFacts { namespace: "apps", name: "x", chart: None, labels: &e, namespace_labels: &l };
+            assert_eq!(policy_matches(&t, &p, &f), want, "{sel} on {ns_labels:?}");
+        }
     }
 
     #[test]

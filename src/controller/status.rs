@@ -292,6 +292,9 @@ pub fn policy_problem(tenancy: &Tenancy, p: &DriftPolicy) -> Option<(&'static st
     if let Err(e) = IgnoreRules::compile(&p.spec.ignore) {
         return Some(("InvalidPolicy", e.to_string()));
     }
+    if let Some(e) = p.spec.release_selector.namespace_selector.as_ref().and_then(super::policy::selector_problem) {
+        return Some(("InvalidPolicy", format!("releaseSelector.namespaceSelector: {e}")));
+    }
     for (field, v) in [
         ("interval", &p.spec.interval),
         ("heal.after", &p.spec.heal.after),

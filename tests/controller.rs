@@ -519,3 +519,27 @@ async fn helm3_heal_honours_label_selected_ignores() {
 async fn helm4_heal_honours_label_selected_ignores() {
     heal_honours_label_selected_ignores(Helm::V4).await;
 }
+
+/// Issue 12, bug 2: one policy for the whole reconcile. The release's own-namespace policy
+/// selects another chart; the cluster policy (which ignores replicas) is the one that covers
+/// it — so the report names the cluster policy and is made with the cluster policy's rules.
+#[tokio::test]
+async fn one_policy_for_the_whole_reconcile() {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, "one-policy").await;
+    let platform = TestNamespace::new(&client, "one-policy-platform").await;
+    let (n, p) = (ns.name.as_str(), platform.name.as_str());
+    Helm::V3.ok(&["install", "app", &common::chart("fullstack"), "-n", n, "--set", "widget.enabled=false"]);
+    common::wait_for_controllers(n);
+    kubectl(&["scale", "deployment/app-fullstack", "-n", n, "--replicas=4"]);
+    // Both policies are there before the controller starts: its first check already has to choose.
+    kubectl(&["apply", "-f", &common::repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
+    apply_yaml(&format!(
+        "apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: cluster, namespace: {p}}}\nspec:\n  ignore:\n  - paths: [/spec/replicas]\n    target: {{kind: Deployment}}\n"
+    ));
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: other-chart, namespace: {n}}}\nspec:\n  releaseSelector:\n    charts: [\"other-*\"]\n"));
+    let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
+    let _ctl = start_controller(p, p, &[n, p], &log);
+    let r = wait_for("a report under the cluster policy", 60, || report(n, "app").filter(|r| r["status"]["policy"] == format!("{p}/cluster") && condition(r, "Ready").is_some()));
+    assert_eq!(drifted(&r), Some("False"), "the cluster policy ignores replicas, and its rules made this report: {}", r["status"]);
+}

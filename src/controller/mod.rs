@@ -378,16 +378,26 @@ impl Controller {
             BTreeMap::new()
         };
         let labels = history.latest().labels.clone();
-        let facts = ReleaseFacts { namespace: ns, name, chart: None, labels: &labels, namespace_labels: &ns_labels };
+        let reference = history.reference().map(|r| r.revision).unwrap_or_default();
+        let earlier = self.verdicts.lock().expect("verdicts").remove(&key);
+        // The policy is chosen once, with the chart known: from the last verdict on the same
+        // revision (no read), else from the reference revision (decoded once, cached, and used
+        // by the check below). An unreadable record leaves the chart filter out.
+        let chart = match earlier.as_ref().filter(|v| v.revision == reference && !v.report.chart.is_empty()) {
+            Some(v) => Some(v.report.chart.clone()),
+            None => match history.reference() {
+                Some(record) => crate::check::decoded(&self.store, Some(&self.cache), record).await.ok().map(|d| d.release.chart.metadata.name.clone()),
+                None => None,
+            },
+        };
+        let facts = ReleaseFacts { namespace: ns, name, chart: chart.as_deref(), labels: &labels, namespace_labels: &ns_labels };
         let Some(policy) = winner(&self.settings.tenancy, &policies, &facts).cloned() else {
             self.remove_report(ns, name, "no policy covers the release").await;
             return;
         };
         let ignore = IgnoreRules::compile(&policy.spec.ignore).unwrap_or_default();
         let fingerprint = format!("{}@{}", policy_key(&policy), policy.metadata.generation.unwrap_or_default());
-        let reference = history.reference().map(|r| r.revision).unwrap_or_default();
         let latest_now = (history.latest().revision, history.latest().status.clone());
-        let earlier = self.verdicts.lock().expect("verdicts").remove(&key);
         // Where each drift was first seen, whatever the revision or policy was then.
         let seen_before: Vec<crate::check::ResourceReport> =
             earlier.iter().flat_map(|v| v.report.resources.iter().filter(|r| r.seen.is_some()).cloned()).collect();
@@ -416,12 +426,6 @@ impl Controller {
         if report.error.as_deref().is_some_and(|e| e.starts_with("decoding")) {
             self.metrics.decode_errors.inc();
         }
-        // The chart filter needs the decoded record: re-decide with it.
-        let facts = ReleaseFacts { chart: Some(&report.chart), ..facts };
-        let Some(policy) = winner(&self.settings.tenancy, &policies, &facts).cloned() else {
-            self.remove_report(ns, name, "no policy covers the release's chart").await;
-            return;
-        };
         for r in &report.resources {
             if !r.kind.is_empty() {
                 self.watch_kind(&r.api_version, &r.kind).await;

@@ -35,6 +35,10 @@ pub struct ResourceReport {
     /// absent or unread).
     #[serde(skip)]
     pub change_token: Option<String>,
+    /// The object could not be checked for a reason that may pass (the API server did not
+    /// answer): worth checking again soon.
+    #[serde(skip)]
+    pub transient: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -109,6 +113,10 @@ pub struct ReleaseReport {
     /// (normalisation gaps, not drift).
     #[serde(skip)]
     pub confirmed_away: usize,
+    /// Part of the check failed for a reason that may pass (a read the API server did not
+    /// answer): the controller checks the release again after a backoff.
+    #[serde(skip)]
+    pub transient: bool,
 }
 
 /// How a check runs.
@@ -206,12 +214,20 @@ impl ReleaseCache {
     }
 }
 
+/// Why a revision could not be read, and whether trying again may help.
+#[derive(Clone, Debug)]
+pub struct FetchError {
+    pub message: String,
+    /// The API server did not answer (not a corrupt record, not a deleted one).
+    pub transient: bool,
+}
+
 /// A record's decoded revision, from the cache when it is there.
-pub async fn decoded(store: &ReleaseStore, cache: Option<&ReleaseCache>, record: &crate::helm::RecordMeta) -> Result<std::sync::Arc<DecodedRelease>, String> {
+pub async fn decoded(store: &ReleaseStore, cache: Option<&ReleaseCache>, record: &crate::helm::RecordMeta) -> Result<std::sync::Arc<DecodedRelease>, FetchError> {
     if let Some(hit) = cache.and_then(|c| c.get(&record.namespace, &record.release, record.revision)) {
         return Ok(hit);
     }
-    let mut release = store.fetch(record).await.map_err(|e| e.to_string())?;
+    let mut release = store.fetch(record).await.map_err(|e| FetchError { transient: e.is_transient(), message: e.to_string() })?;
     release.config = Default::default();
     let split = split_manifest(&release.manifest);
     // Kept only as objects: the text is not needed again (memory, with a thousand releases).
@@ -259,6 +275,7 @@ pub async fn check_release_cached(
         policy: None,
         error: None,
         confirmed_away: 0,
+        transient: false,
     };
     let record = match revision {
         Some(n) => history.revision(n).ok_or_else(|| format!("release {}/{} has no revision {n}", history.namespace, history.name)),
@@ -280,7 +297,8 @@ pub async fn check_release_cached(
         Ok(d) => d,
         Err(e) => {
             report.revision = record.revision;
-            report.error = Some(e);
+            report.transient = e.transient;
+            report.error = Some(e.message);
             return report;
         }
     };
@@ -314,6 +332,7 @@ pub async fn check_release_cached(
             operations: Vec::new(),
             seen: None,
             change_token: None,
+            transient: false,
         });
     }
     let namespace = release.namespace.clone();
@@ -326,6 +345,7 @@ pub async fn check_release_cached(
         report.confirmed_away += confirmed_away;
         report.resources.push(r);
     }
+    report.transient = report.resources.iter().any(|r| r.transient);
     report.summary = summarize(&report.resources);
     report.drifted = report.summary.modified + report.summary.missing + report.summary.added > 0;
     report
@@ -382,10 +402,12 @@ async fn check_object(
         operations: Vec::new(),
         seen: None,
         change_token: None,
+        transient: false,
     };
     let kind = match resolver.resolve(&o.api_version, &o.kind).await {
         Ok(k) => k,
         Err(e) => {
+            report.transient = e.is_transient();
             report.namespace = o.namespace.clone().or_else(|| Some(release_ns.to_string()));
             report.message = Some(e.to_string());
             return (report, 0);
@@ -403,12 +425,20 @@ async fn check_object(
             return (report, 0);
         }
         Err(e) => {
+            report.transient = e.is_transient();
             report.message = Some(describe_read_error(&e, &o.kind, ns.as_deref(), &o.name));
             return (report, 0);
         }
     };
     report.change_token = live.get("metadata").map(|m| change_token(&o.api_version, &o.kind, m));
-    let (drift::ObjectDiff { mut state, mut fields, operations }, _) = compare_live(resolver, o, ns.as_deref(), &live, deployed_at, settings).await;
+    let (drift::ObjectDiff { mut state, mut fields, operations }, _) = match compare_live(resolver, o, ns.as_deref(), &live, deployed_at, settings).await {
+        Ok(compared) => compared,
+        Err(e) => {
+            report.message = Some(format!("cannot read the schema of {} {}: {e}", o.api_version, o.kind));
+            report.transient = true;
+            return (report, 0);
+        }
+    };
     report.operations = operations;
     let mut confirmed_away = 0;
     if settings.confirm && fields.iter().any(|f| f.change != ChangeKind::Added) {
@@ -442,8 +472,8 @@ pub async fn compare_live<'s>(
     live: &Value,
     deployed_at: Option<jiff::Timestamp>,
     settings: &CheckSettings<'s>,
-) -> (drift::ObjectDiff, Vec<&'s str>) {
-    let schema = resolver.schema(&o.api_version, &o.kind).await;
+) -> Result<(drift::ObjectDiff, Vec<&'s str>), ResolveError> {
+    let schema = resolver.schema(&o.api_version, &o.kind).await?;
     let schema: &dyn Schema = match &schema {
         Some(s) => s.as_ref(),
         None => &drift::BuiltinSchema,
@@ -456,7 +486,7 @@ pub async fn compare_live<'s>(
         deployed_at,
         digest_key: settings.digest_key,
     };
-    (drift::diff_object(&o.object, live, schema, opts), paths)
+    Ok((drift::diff_object(&o.object, live, schema, opts), paths))
 }
 
 /// What ignore targets match: the object's identity with its live labels and annotations.

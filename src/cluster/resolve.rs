@@ -41,6 +41,14 @@ pub enum ResolveError {
     Api(String),
 }
 
+impl ResolveError {
+    /// Whether asking again may give another answer (the API server did not answer; not a
+    /// kind it does not serve, not a refusal).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ResolveError::Api(_))
+    }
+}
+
 fn api_error(e: kube::Error) -> ResolveError {
     match e {
         kube::Error::Api(s) if s.code == 403 => ResolveError::Forbidden(s.message.clone()),
@@ -116,7 +124,11 @@ impl Resolver {
                     Err(kube::Error::Api(s)) if s.code == 404 => Ok(Arc::new(Vec::new())),
                     Err(e) => Err(api_error(e)),
                 };
-                cache.insert(api_version.to_string(), entry.clone());
+                // A failed discovery is not remembered: the next check asks again (an outage
+                // must not leave a kind "not served" for the life of the process).
+                if entry.is_ok() {
+                    cache.insert(api_version.to_string(), entry.clone());
+                }
                 entry
             }
         }?;
@@ -129,11 +141,12 @@ impl Resolver {
         Ok(ResolvedKind { resource: ApiResource::from_gvk_with_plural(&gvk, &r.name), namespaced: r.namespaced })
     }
 
-    /// The kind's schema from the server's OpenAPI v3 document; None when it has none.
-    pub async fn schema(&self, api_version: &str, kind: &str) -> Option<Arc<OpenApiSchema>> {
+    /// The kind's schema from the server's OpenAPI v3 document; `Ok(None)` when it has none;
+    /// an error (not remembered) when the document could not be read.
+    pub async fn schema(&self, api_version: &str, kind: &str) -> Result<Option<Arc<OpenApiSchema>>, ResolveError> {
         let key = format!("{api_version} {kind}");
         if let Some(hit) = self.kinds.lock().expect("schema cache").get(&key) {
-            return hit.clone();
+            return Ok(hit.clone());
         }
         let path = if api_version.contains('/') { format!("apis/{api_version}") } else { format!("api/{api_version}") };
         let components = {
@@ -142,7 +155,7 @@ impl Resolver {
                 Some(d) => d.clone(),
                 None => {
                     // Only the schemas are kept, not the paths (memory).
-                    let d = self.fetch_openapi(&path).await.and_then(|mut doc| match doc.pointer_mut("/components/schemas").map(Value::take) {
+                    let d = self.fetch_openapi(&path).await?.and_then(|mut doc| match doc.pointer_mut("/components/schemas").map(Value::take) {
                         Some(Value::Object(m)) => Some(Arc::new(m)),
                         _ => None,
                     });
@@ -154,26 +167,40 @@ impl Resolver {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let schema = components.and_then(|c| OpenApiSchema::for_kind_in(&c, group, version, kind)).map(Arc::new);
         self.kinds.lock().expect("schema cache").insert(key, schema.clone());
-        schema
+        Ok(schema)
     }
 
-    async fn fetch_openapi(&self, path: &str) -> Option<Value> {
+    /// A group-version's OpenAPI v3 document; `Ok(None)` when the server lists none for it.
+    /// Failed reads are errors and are not remembered.
+    async fn fetch_openapi(&self, path: &str) -> Result<Option<Value>, ResolveError> {
         let url = {
             let mut index = self.openapi_index.lock().await;
             if index.is_none() {
                 self.count();
-                *index = Some(self.get_json("/openapi/v3").await);
+                *index = Some(self.get_json("/openapi/v3").await?);
             }
-            let index = index.as_ref().and_then(|i| i.as_ref())?;
-            index.pointer(&format!("/paths/{}/serverRelativeURL", path.replace('~', "~0").replace('/', "~1")))?.as_str()?.to_string()
+            let found = index
+                .as_ref()
+                .and_then(|i| i.as_ref())
+                .and_then(|i| i.pointer(&format!("/paths/{}/serverRelativeURL", path.replace('~', "~0").replace('/', "~1"))))
+                .and_then(Value::as_str);
+            match found {
+                Some(u) => u.to_string(),
+                None => return Ok(None),
+            }
         };
         self.count();
         self.get_json(&url).await
     }
 
-    async fn get_json(&self, url: &str) -> Option<Value> {
-        let req = http::Request::get(url).body(Vec::new()).ok()?;
-        self.client.request::<Value>(req).await.ok()
+    /// A JSON document of the API server: `Ok(None)` when it does not exist (404).
+    async fn get_json(&self, url: &str) -> Result<Option<Value>, ResolveError> {
+        let req = http::Request::get(url).body(Vec::new()).map_err(|e| ResolveError::Api(e.to_string()))?;
+        match self.client.request::<Value>(req).await {
+            Ok(v) => Ok(Some(v)),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(e) => Err(api_error(e)),
+        }
     }
 
     fn api(&self, kind: &ResolvedKind, namespace: Option<&str>) -> Api<DynamicObject> {

@@ -39,6 +39,17 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether reading again may work: the API server did not answer (a missing or corrupt
+    /// record stays so).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::List { source, .. } | StorageError::Get { source, .. } => !matches!(source, kube::Error::Api(s) if s.code == 404 || s.code == 403),
+            _ => false,
+        }
+    }
+}
+
+impl StorageError {
     /// True when the API refused for lack of permission (a namespace the caller may not read).
     pub fn is_forbidden(&self) -> bool {
         match self {

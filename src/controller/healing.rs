@@ -115,7 +115,13 @@ pub async fn heal_release(
             }
         };
         // Compared afresh, the same way the check compares (ignore rules see the live labels).
-        let (diff, ignored) = crate::check::compare_live(resolver, desired, ns.as_deref(), &live, decoded.release.info.last_deployed, &compare).await;
+        let (diff, ignored) = match crate::check::compare_live(resolver, desired, ns.as_deref(), &live, decoded.release.info.last_deployed, &compare).await {
+            Ok(compared) => compared,
+            Err(e) => {
+                pass.failed.push((key, e.to_string()));
+                continue;
+            }
+        };
         let fields = diff.fields;
         let now = Instant::now();
         let mut to_heal = Vec::new();

@@ -50,6 +50,19 @@ pub struct Settings {
     pub concurrency: usize,
 }
 
+/// How a reconcile ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settled {
+    Done,
+    /// Something failed that may work later: check the release again after a backoff.
+    Retry,
+}
+
+/// The wait before the `attempt`-th retry (1-based): 1 s, doubling, at most 30 s.
+pub fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Work {
     All,
@@ -191,6 +204,8 @@ pub struct Controller {
     /// leadership change.
     seeded: AtomicBool,
     heals: Mutex<HashMap<(String, String), healing::HealState>>,
+    /// Releases whose last reconcile must be retried: attempts so far.
+    retries: std::sync::Mutex<HashMap<(String, String), u32>>,
     pub metrics: Arc<Metrics>,
     /// The key of Secret digests in reports (kept in a Secret in the controller's namespace).
     digest_key: crate::drift::DigestKey,
@@ -347,7 +362,10 @@ impl Controller {
         api.get_metadata_opt(ns).await.ok().flatten().and_then(|n| n.metadata.labels).unwrap_or_default()
     }
 
-    async fn reconcile_release(self: &Arc<Self>, ns: &str, name: &str) {
+    /// Checks one release and writes what changed. `Retry` when something failed on the way
+    /// that may work later (a read of storage or of live objects, a write): the worker puts
+    /// the release back on the queue with backoff.
+    async fn reconcile_release(self: &Arc<Self>, ns: &str, name: &str) -> Settled {
         let key = (ns.to_string(), name.to_string());
         let indexed = {
             let index = self.records.read().expect("record index");
@@ -361,7 +379,7 @@ impl Controller {
                     for e in &listing.errors {
                         tracing::warn!(namespace = ns, release = name, error = %e, "cannot read release storage");
                     }
-                    return;
+                    return Settled::Retry;
                 }
                 listing.records
             }
@@ -369,7 +387,7 @@ impl Controller {
         let Some(history) = group_releases(records).into_iter().next() else {
             self.verdicts.lock().expect("verdicts").remove(&key);
             self.remove_report(ns, name, "the release is gone").await;
-            return;
+            return Settled::Done;
         };
         let policies = self.usable_policies().await;
         let ns_labels = if policies.iter().any(|p| p.spec.release_selector.namespace_selector.is_some()) {
@@ -393,7 +411,7 @@ impl Controller {
         let facts = ReleaseFacts { namespace: ns, name, chart: chart.as_deref(), labels: &labels, namespace_labels: &ns_labels };
         let Some(policy) = winner(&self.settings.tenancy, &policies, &facts).cloned() else {
             self.remove_report(ns, name, "no policy covers the release").await;
-            return;
+            return Settled::Done;
         };
         let ignore = IgnoreRules::compile(&policy.spec.ignore).unwrap_or_default();
         let fingerprint = format!("{}@{}", policy_key(&policy), policy.metadata.generation.unwrap_or_default());
@@ -461,7 +479,7 @@ impl Controller {
         let built = status::build(&report, &pkey, previous.as_ref().map(|m| &m.status), now, &history, heal_view.as_ref());
         self.metrics.set_release(&built.series(&report));
         if !self.is_leader() {
-            return;
+            return Settled::Done;
         }
         let changed = previous.as_ref().is_none_or(|m| m.status.comparable != built.written.comparable);
         let stale = previous.as_ref().is_none_or(|m| m.written_at.elapsed() >= refresh_period(&key, interval));
@@ -501,8 +519,16 @@ impl Controller {
                         self.enqueue(Work::PolicyStatus);
                     }
                 }
-                Err(e) => tracing::warn!(namespace = ns, release = name, error = %e, "cannot write the DriftReport"),
+                Err(e) => {
+                    tracing::warn!(namespace = ns, release = name, error = %e, "cannot write the DriftReport");
+                    return Settled::Retry;
+                }
             }
+        }
+        if report.transient {
+            Settled::Retry
+        } else {
+            Settled::Done
         }
     }
 
@@ -578,6 +604,26 @@ impl Controller {
             st.condition = Some(("False".into(), "HealContested".into(), healing::settle_hint(path, manager)));
         }
         status::HealView { heals: st.total, last_heal: st.last.clone(), condition: st.condition.clone() }
+    }
+
+    /// After a reconcile: a failed one comes back after a growing delay; a done one forgets its
+    /// failures.
+    fn settle(self: &Arc<Self>, ns: &str, name: &str, settled: Settled) {
+        let key = (ns.to_string(), name.to_string());
+        let mut retries = self.retries.lock().expect("retries");
+        match settled {
+            Settled::Done => {
+                retries.remove(&key);
+            }
+            Settled::Retry => {
+                let attempt = retries.entry(key.clone()).or_default();
+                *attempt += 1;
+                let delay = retry_delay(*attempt);
+                tracing::info!(namespace = ns, release = name, attempt = *attempt, delay_ms = delay.as_millis() as u64, "retrying the release later");
+                drop(retries);
+                self.recheck_after(&key, delay);
+            }
+        }
     }
 
     /// Re-checks a release after a delay (a grace period or a rate limit ending).
@@ -873,6 +919,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         records: std::sync::RwLock::new(RecordIndex::default()),
         seeded: AtomicBool::new(false),
         heals: Mutex::new(HashMap::new()),
+        retries: std::sync::Mutex::new(HashMap::new()),
         metrics,
         recorder,
         leader: Arc::new(AtomicBool::new(false)),
@@ -976,7 +1023,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
                 me.start(&w);
                 match &w {
                     Work::All => me.reconcile_all().await,
-                    Work::Release(ns, name) => me.reconcile_release(ns, name).await,
+                    Work::Release(ns, name) => {
+                        let settled = me.reconcile_release(ns, name).await;
+                        me.settle(ns, name, settled);
+                    }
                     Work::PolicyStatus => me.reconcile_policy_status().await,
                 }
                 me.finish(&w);
@@ -1015,6 +1065,14 @@ mod tests {
             created_at: None,
             modified_at: None,
         }
+    }
+
+    #[test]
+    fn retries_back_off_to_thirty_seconds() {
+        let secs: Vec<u64> = (1..=8).map(|a| retry_delay(a).as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(retry_delay(0).as_secs(), 1);
+        assert_eq!(retry_delay(u32::MAX).as_secs(), 30);
     }
 
     #[test]

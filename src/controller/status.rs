@@ -359,6 +359,7 @@ mod tests {
             operations: vec![],
             seen: None,
             change_token: None,
+            transient: false,
         }];
         ReleaseReport {
             name: "shop".into(),
@@ -377,6 +378,7 @@ mod tests {
             policy: None,
             error: None,
             confirmed_away: 0,
+            transient: false,
         }
     }
 

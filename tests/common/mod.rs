@@ -3,6 +3,8 @@
 //! A test that cannot reach the control plane fails and says how to start it.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -215,6 +217,11 @@ pub fn free_port() -> u16 {
 }
 
 pub fn start_controller(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str) -> ControllerProcess {
+    start_controller_via(own_ns, cluster_ns, watch, log, None)
+}
+
+/// The same, talking to the API server through another kubeconfig (a proxy's).
+pub fn start_controller_via(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str, kubeconfig: Option<&str>) -> ControllerProcess {
     kubectl(&["apply", "-f", &repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
     let (metrics_port, health_port) = (free_port(), free_port());
     let log = std::fs::File::create(log).unwrap();
@@ -233,6 +240,7 @@ pub fn start_controller(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &st
             "json",
         ])
         .env("POD_NAMESPACE", own_ns)
+        .env("KUBECONFIG", kubeconfig.map(str::to_string).unwrap_or_else(|| std::env::var("KUBECONFIG").unwrap_or_default()))
         // Debug lines of the controller module: "object changed" says what a watch re-checked.
         .env("RUST_LOG", "info,driftwatch::controller=debug,kube=warn")
         .stdout(Stdio::null())

@@ -1,0 +1,108 @@
+//! A TCP proxy of the test's own between a client and the API server, on the loopback: every
+//! byte is forwarded until `cut` closes every connection and refuses new ones for a while —
+//! a network partition, without touching the API server.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Listens on 127.0.0.1 (a free port) and forwards to `upstream`.
+    pub fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, open, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (c, o, s) = (cut.clone(), open.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((client, _)) => client,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                if c.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(2)) else { continue };
+                {
+                    let mut open = o.lock().unwrap();
+                    open.push(client.try_clone().unwrap());
+                    open.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, cut, open, stop }
+    }
+
+    /// Closes every open connection and refuses new ones for `how_long`; returns when the cut
+    /// ends, with the instant it ended.
+    pub fn cut(&self, how_long: Duration) -> Instant {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let until = Instant::now() + how_long;
+        while Instant::now() < until {
+            // Connections that slipped in as the cut began are closed too.
+            for s in self.open.lock().unwrap().drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.cut.store(false, Ordering::SeqCst);
+        Instant::now()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A copy of `$KUBECONFIG` whose server is the proxy: (path of the copy, the API server's
+/// address).
+pub fn kubeconfig_through(proxy_addr: Option<SocketAddr>, path: &str) -> (String, SocketAddr) {
+    let original = std::fs::read_to_string(std::env::var("KUBECONFIG").expect("KUBECONFIG is set")).unwrap();
+    let start = original.find("https://127.0.0.1:").expect("the local control plane's server URL") + "https://".len();
+    let end = start + original[start..].find(|c: char| c == '"' || c.is_whitespace() || c == ',' || c == '}').unwrap();
+    let upstream: SocketAddr = original[start..end].parse().unwrap();
+    if let Some(p) = proxy_addr {
+        std::fs::write(path, original.replacen(&original[start..end], &p.to_string(), 1)).unwrap();
+    }
+    (path.to_string(), upstream)
+}

@@ -14,16 +14,28 @@ use serde_json::json;
 pub const LEASE_NAME: &str = "driftwatch-controller";
 pub const LEASE_SECONDS: i32 = 10;
 const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// At most this long for one acquire or renewal: with `RENEW_EVERY`, a replica that cannot
+/// renew steps down within 6 s, before its 10 s lease can pass to another.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Runs the election until `stop` is set; `leader` says whether this replica holds the lease.
 /// `on_gain` is called each time the lease is won.
 pub async fn run(client: Client, namespace: String, identity: String, leader: Arc<AtomicBool>, stop: Arc<AtomicBool>, on_gain: impl Fn()) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     while !stop.load(Ordering::Relaxed) {
-        let held = try_acquire(&api, &identity).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "leader election: lease request failed");
-            false
-        });
+        // A renewal that does not answer well within the lease's term counts as lost: this
+        // replica steps down before another may take over (never two writers).
+        let held = match tokio::time::timeout(ATTEMPT_TIMEOUT, try_acquire(&api, &identity)).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "leader election: lease request failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(timeout_s = ATTEMPT_TIMEOUT.as_secs(), "leader election: lease request did not answer in time");
+                false
+            }
+        };
         let was = leader.swap(held, Ordering::SeqCst);
         if held && !was {
             tracing::info!(identity, "became the leader");

@@ -1020,14 +1020,25 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
             let permit = permits.clone().acquire_owned().await.expect("semaphore open");
             let me = me.clone();
             tokio::spawn(async move {
+                use futures::FutureExt as _;
                 me.start(&w);
-                match &w {
-                    Work::All => me.reconcile_all().await,
-                    Work::Release(ns, name) => {
-                        let settled = me.reconcile_release(ns, name).await;
-                        me.settle(ns, name, settled);
+                let work = async {
+                    match &w {
+                        Work::All => me.reconcile_all().await,
+                        Work::Release(ns, name) => {
+                            let settled = me.reconcile_release(ns, name).await;
+                            me.settle(ns, name, settled);
+                        }
+                        Work::PolicyStatus => me.reconcile_policy_status().await,
                     }
-                    Work::PolicyStatus => me.reconcile_policy_status().await,
+                };
+                // A panic in one reconcile must not wedge its key (in flight for ever): it is
+                // logged, the key is released and, for a release, retried with backoff.
+                if std::panic::AssertUnwindSafe(work).catch_unwind().await.is_err() {
+                    tracing::error!(work = ?w, "a reconcile panicked; retrying it later");
+                    if let Work::Release(ns, name) = &w {
+                        me.settle(ns, name, Settled::Retry);
+                    }
                 }
                 me.finish(&w);
                 drop(permit);
@@ -1035,7 +1046,24 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         }
     });
 
-    shutdown.await;
+    // Every task runs for the life of the process: one that ends (a panic, the lease loop
+    // dying) must not leave the process believing it leads or watches. Stop, and say so.
+    let died = tokio::select! {
+        _ = shutdown => None,
+        ended = tasks.join_next() => Some(ended),
+    };
+    if let Some(ended) = died {
+        ctl.leader.store(false, Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
+        tasks.abort_all();
+        let why = match ended {
+            Some(Err(e)) if e.is_panic() => "a controller task panicked".to_string(),
+            Some(Err(e)) => format!("a controller task failed: {e}"),
+            _ => "a controller task ended".to_string(),
+        };
+        tracing::error!(why, "stopping: no longer leading or watching");
+        anyhow::bail!("{why}; stopping (no longer leading or watching)");
+    }
     tracing::info!("shutting down");
     stop.store(true, Ordering::SeqCst);
     if settings.leader_elect {

@@ -151,6 +151,11 @@ pub struct DecodedRelease {
     pub split: crate::helm::manifest::SplitManifest,
 }
 
+/// Objects of one release checked at once (the API server answers in parallel).
+pub const OBJECTS_AT_ONCE: usize = 8;
+/// Releases checked at once, by `check -A` and by the controller.
+pub const RELEASES_AT_ONCE: usize = 8;
+
 /// Decoded revisions kept at most (memory: a manifest as objects is ~10× its gzipped size).
 pub const CACHED_RELEASES: usize = 128;
 

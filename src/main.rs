@@ -207,7 +207,7 @@ async fn run(o: RunOpts) -> anyhow::Result<ExitCode> {
         leader_elect: o.leader_elect,
         identity: identity.clone(),
         namespace,
-        concurrency: 8,
+        concurrency: driftwatch::check::RELEASES_AT_ONCE,
     };
     let client = client().await?;
     let metrics = Arc::new(driftwatch::metrics::Metrics::new());
@@ -307,13 +307,13 @@ async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow:
         operations_as_drift,
         digest_key: None,
         confirm: opts.confirm,
-        concurrency: 8,
+        concurrency: driftwatch::check::OBJECTS_AT_ONCE,
         reuse: None,
     };
     // Several releases at once (the API server answers in parallel); reported in order.
     use futures::StreamExt as _;
     let pending: Vec<_> = histories.iter().map(|h| check_release(&store, &resolver, h, opts.revision, &settings)).collect();
-    let mut reports: Vec<_> = futures::stream::iter(pending).buffered(8).collect().await;
+    let mut reports: Vec<_> = futures::stream::iter(pending).buffered(driftwatch::check::RELEASES_AT_ONCE).collect().await;
     let applied = policy_ref.as_ref().map(|(n, p)| format!("{n}/{p}"));
     for (r, h) in reports.iter_mut().zip(&histories) {
         let covering = policy_view.covering(h, r);

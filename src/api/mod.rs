@@ -55,8 +55,24 @@ pub struct DriftPolicySpec {
     pub health: HealthSpec,
 }
 
+/// The policy interval when the spec has none (the CRD's default says the same).
+pub const DEFAULT_INTERVAL: &str = "5m";
+
 fn default_interval() -> String {
-    "5m".into()
+    DEFAULT_INTERVAL.into()
+}
+
+impl DriftPolicySpec {
+    /// The full re-check period. A policy whose interval does not parse is invalid and used by
+    /// nobody; should one be asked anyway, it is the default.
+    pub fn interval(&self) -> Duration {
+        parse_duration(&self.interval).unwrap_or_else(|_| parse_duration(DEFAULT_INTERVAL).expect("the default parses"))
+    }
+
+    /// The grace before healing (`heal.after`); zero when it does not parse (an invalid policy).
+    pub fn heal_after(&self) -> Duration {
+        parse_duration(&self.heal.after).unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -313,6 +329,10 @@ mod tests {
         let p: DriftPolicySpec = serde_json::from_value(serde_json::json!({})).unwrap();
         assert_eq!(p.mode, Mode::Detect);
         assert_eq!(p.interval, "5m");
+        assert_eq!(p.interval(), Duration::from_secs(300));
+        assert_eq!(p.heal_after(), Duration::ZERO);
+        let bad: DriftPolicySpec = serde_json::from_value(serde_json::json!({"interval": "soon", "heal": {"after": "later"}})).unwrap();
+        assert_eq!((bad.interval(), bad.heal_after()), (Duration::from_secs(300), Duration::ZERO));
         assert_eq!(p.heal, HealSpec::default());
         assert_eq!(p.health.stale_after, "720h");
     }

@@ -59,7 +59,7 @@ pub async fn heal_release(
 ) -> HealPass {
     let mut pass = HealPass::default();
     let spec = &policy.spec.heal;
-    let window = CONTEST_WINDOW.max(crate::api::parse_duration(&spec.after).unwrap_or_default());
+    let window = CONTEST_WINDOW.max(policy.spec.heal_after());
     let release_ns = decoded.release.namespace.as_str();
     let compare = crate::check::CheckSettings {
         ignore,

@@ -25,7 +25,7 @@ use kube::{Client, Resource as _, ResourceExt as _};
 use serde_json::json;
 use tokio::sync::{Mutex, RwLock, Semaphore, mpsc};
 
-use crate::api::{DriftPolicy, DriftReport, parse_duration};
+use crate::api::{DriftPolicy, DriftReport};
 use crate::check::{CheckSettings, ReleaseCache, check_release_cached};
 use crate::cluster::{ReleaseStore, Resolver};
 use crate::drift::IgnoreRules;
@@ -432,7 +432,7 @@ impl Controller {
                     operations_as_drift: policy.spec.operations_as_drift,
                     digest_key: Some(&self.digest_key),
                     confirm: true,
-                    concurrency: 8,
+                    concurrency: crate::check::OBJECTS_AT_ONCE,
                     reuse: Some(&prior),
                 };
                 check_release_cached(&self.store, &self.resolver, Some(&self.cache), &history, None, &settings).await
@@ -450,7 +450,7 @@ impl Controller {
             }
         }
         let pkey = policy_key(&policy);
-        let interval = parse_duration(&policy.spec.interval).unwrap_or(Duration::from_secs(300));
+        let interval = policy.spec.interval();
         let previous = self.memos.lock().await.get(&key).cloned();
         let previous = match previous {
             Some(m) => Some(m),
@@ -553,7 +553,7 @@ impl Controller {
         let first_drift = previous
             .and_then(|m| m.status.full.get("firstDriftTime").and_then(|v| v.as_str()).and_then(|t| t.parse::<jiff::Timestamp>().ok()))
             .unwrap_or(now);
-        let after = parse_duration(&spec.after).unwrap_or_default();
+        let after = policy.spec.heal_after();
         let age = Duration::from_secs_f64(((now.as_millisecond() - first_drift.as_millisecond()).max(0) as f64) / 1000.0);
         let warn = |reason: &str, note: String| KubeEvent { type_: EventType::Warning, reason: reason.into(), note: Some(note), action: "Heal".into(), secondary: None };
         if report.drifted && report.error.is_none() && self.is_leader() {
@@ -700,7 +700,7 @@ impl Controller {
             let st = status::policy_status(&self.settings.tenancy, p, mine.len(), mine.iter().filter(|m| m.drifted).count(), mine.iter().filter(|m| m.unhealthy).count());
             let comparable = st.clone();
             // Unchanged: written again once an interval, for lastScanTime.
-            let interval = parse_duration(&p.spec.interval).unwrap_or(Duration::from_secs(300));
+            let interval = p.spec.interval();
             if self.policy_written.lock().await.get(&key).is_some_and(|(c, at)| c == &comparable && at.elapsed() < interval) {
                 continue;
             }
@@ -1003,9 +1003,9 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
                 .read()
                 .await
                 .iter()
-                .filter_map(|p| parse_duration(&p.spec.interval).ok())
+                .map(|p| p.spec.interval())
                 .min()
-                .unwrap_or(Duration::from_secs(300))
+                .unwrap_or_else(|| crate::api::DriftPolicySpec::default().interval())
                 .max(Duration::from_secs(5));
             tokio::time::sleep(shortest).await;
             me.enqueue(Work::All);

@@ -25,12 +25,6 @@ enum CheckOutput {
     Yaml,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum InventoryOutput {
-    Table,
-    Json,
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the controller: watch policies and releases, write DriftReports, heal on request
@@ -90,27 +84,6 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
-    /// Health, history and failure diagnosis of one release
-    Diagnose {
-        release: String,
-        #[arg(short = 'n', long)]
-        namespace: Option<String>,
-    },
-    /// Releases across clusters: chart versions, status, last deployed
-    Inventory {
-        #[arg(long)]
-        context: Vec<String>,
-        #[arg(long)]
-        all_contexts: bool,
-        #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: InventoryOutput,
-        #[arg(long)]
-        failed: bool,
-        #[arg(long, value_name = "DURATION")]
-        stale: Option<String>,
-        #[arg(long)]
-        skew: bool,
-    },
     /// Print the CustomResourceDefinitions (crds/ holds this output)
     Crdgen,
 }
@@ -138,9 +111,9 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
-    let name = match command {
+    match command {
         Command::Check { list: true, namespace, all_namespaces, release, output, .. } => {
-            return list(namespace, all_namespaces, release, output).await;
+            list(namespace, all_namespaces, release, output).await
         }
         Command::Check {
             release,
@@ -158,20 +131,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             list: false,
         } => {
             let opts = CheckOpts { release, revision, output, detailed_exitcode, ignore_path, ignore_manager, policy, operations_as_drift, verbose, confirm: !no_confirm };
-            return check(namespace, all_namespaces, opts).await;
+            check(namespace, all_namespaces, opts).await
         }
         Command::Run { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format } => {
-            return run(RunOpts { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format }).await;
+            run(RunOpts { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format }).await
         }
-        Command::Diagnose { .. } => "diagnose",
-        Command::Inventory { .. } => "inventory",
         Command::Crdgen => {
             emit(&driftwatch::api::crds_yaml())?;
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
-    };
-    eprintln!("driftwatch: `{name}` is not built yet (see the open issues)");
-    Ok(ExitCode::from(1))
+    }
 }
 
 struct RunOpts {
@@ -317,10 +286,10 @@ async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow:
     let applied = policy_ref.as_ref().map(|(n, p)| format!("{n}/{p}"));
     for (r, h) in reports.iter_mut().zip(&histories) {
         let covering = policy_view.covering(h, r);
-        if let (Some(a), Some(c)) = (&applied, &covering) {
-            if a != c {
-                eprintln!("warning: release {}/{} is covered by DriftPolicy {c}, not {a}; applied {a} as asked", r.namespace, r.name);
-            }
+        if let (Some(a), Some(c)) = (&applied, &covering)
+            && a != c
+        {
+            eprintln!("warning: release {}/{} is covered by DriftPolicy {c}, not {a}; applied {a} as asked", r.namespace, r.name);
         }
         r.policy = driftwatch::cli::policy::note(applied.as_deref(), covering);
     }

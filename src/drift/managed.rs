@@ -174,7 +174,7 @@ impl ManagedFields {
             .filter_map(|e| Some((e.time.as_deref()?.parse::<jiff::Timestamp>().ok()?, e.manager.as_str())))
             .filter(|(t, _)| *t >= since)
             .collect();
-        written.sort_by(|a, b| b.0.cmp(&a.0));
+        written.sort_by_key(|w| std::cmp::Reverse(w.0));
         let mut out: Vec<String> = Vec::new();
         for (_, m) in written {
             if !out.iter().any(|o| o == m) {

@@ -50,6 +50,7 @@ async fn a_network_cut_loses_no_report_and_no_drift() {
             h.join().unwrap();
         }
     }
+    kubectl(&["apply", "-f", &common::repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
     apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: p, namespace: {n}}}\nspec: {{interval: 1h}}\n"));
 
     let kubeconfig = format!("{}/kubeconfig-{n}", std::env::temp_dir().display());

@@ -159,8 +159,17 @@ impl RecordIndex {
         }
     }
 
-    /// Replaces one watch's records (driver, scope) after it (re-)listed.
-    fn replace(&mut self, driver: crate::helm::Driver, scope: Option<&str>, records: Vec<crate::helm::RecordMeta>) {
+    /// Replaces one watch's records (driver, scope) after it (re-)listed; returns the releases
+    /// whose records of that driver changed (added, removed or relabelled): the only ones a
+    /// re-list after a broken watch needs to re-check.
+    fn replace(&mut self, driver: crate::helm::Driver, scope: Option<&str>, records: Vec<crate::helm::RecordMeta>) -> HashSet<(String, String)> {
+        let of_driver = |m: &HashMap<(crate::helm::Driver, String), crate::helm::RecordMeta>| -> Vec<crate::helm::RecordMeta> {
+            let mut v: Vec<_> = m.iter().filter(|((d, _), _)| *d == driver).map(|(_, r)| r.clone()).collect();
+            v.sort_by(|a, b| a.object_name.cmp(&b.object_name));
+            v
+        };
+        let before: HashMap<(String, String), Vec<crate::helm::RecordMeta>> =
+            self.by_release.iter().filter(|((n, _), _)| scope.is_none_or(|s| s == n)).map(|(k, m)| (k.clone(), of_driver(m))).collect();
         self.by_release.retain(|(n, _), m| {
             if scope.is_none_or(|s| s == n) {
                 m.retain(|(d, _), _| *d != driver);
@@ -170,6 +179,14 @@ impl RecordIndex {
         for r in records {
             self.insert(r);
         }
+        let after: HashMap<(String, String), Vec<crate::helm::RecordMeta>> =
+            self.by_release.iter().filter(|((n, _), _)| scope.is_none_or(|s| s == n)).map(|(k, m)| (k.clone(), of_driver(m))).collect();
+        before
+            .keys()
+            .chain(after.keys())
+            .filter(|k| before.get(*k).filter(|v| !v.is_empty()) != after.get(*k).filter(|v| !v.is_empty()))
+            .cloned()
+            .collect()
     }
 }
 
@@ -733,7 +750,7 @@ impl Controller {
             let index_key = (api_version, kind);
             // Objects of this kind counted into the gauge; a re-list after a watch restart
             // replaces the count rather than adding to it.
-            let (mut initial, mut counted, mut listed_once) = (0f64, 0f64, false);
+            let (mut initial, mut counted) = (0f64, 0f64);
             let mut building: HashMap<(String, String), String> = HashMap::new();
             let mut releases_of: HashMap<(String, String), (String, String)> = HashMap::new();
             // (namespace or "", name) and change token of an object Helm made; its release.
@@ -774,6 +791,20 @@ impl Controller {
                                     })?;
                                     (r.change_token.as_deref() != Some(token.as_str())).then(|| release.clone())
                                 })
+                                // And those with an object of this kind that was there when
+                                // checked and is gone from the listing (deleted meanwhile).
+                                .chain(verdicts.iter().filter_map(|(release, v)| {
+                                    v.report
+                                        .resources
+                                        .iter()
+                                        .any(|r| {
+                                            r.api_version == index_key.0
+                                                && r.kind == index_key.1
+                                                && r.change_token.is_some()
+                                                && !building.contains_key(&(r.namespace.clone().unwrap_or_default(), r.name.clone()))
+                                        })
+                                        .then(|| release.clone())
+                                }))
                                 .collect()
                         };
                         let mut live = me.live.write().expect("live index");
@@ -782,14 +813,11 @@ impl Controller {
                         entry.ready = true;
                         drop(live);
                         releases_of.clear();
+                        // The same after a broken watch re-listed: only the releases it cannot
+                        // prove unchanged are re-checked, once each.
                         for (ns, r) in stale {
                             me.enqueue(Work::Release(ns, r));
                         }
-                        if listed_once {
-                            // A re-list after the watch broke: changes may have been missed.
-                            me.enqueue(Work::All);
-                        }
-                        listed_once = true;
                     }
                     Ok(watcher::Event::Apply(o)) => {
                         if let Some((id, token, (ns, r))) = helm_object(&o.metadata) {
@@ -868,14 +896,17 @@ where
             Ok(watcher::Event::InitApply(o)) => building.extend(meta(&o)),
             Ok(watcher::Event::InitDone) => {
                 let mut index = me.records.write().expect("record index");
-                index.replace(driver, ns.as_deref(), std::mem::take(&mut building));
+                let changed = index.replace(driver, ns.as_deref(), std::mem::take(&mut building));
                 if !listed_once {
                     index.listed += 1;
                     listed_once = true;
                 } else {
-                    // A re-list after the watch broke: changes may have been missed.
+                    // A re-list after the watch broke: re-check the releases whose records
+                    // changed meanwhile, once each; the others are provably as they were.
                     drop(index);
-                    me.enqueue(Work::All);
+                    for (ns, name) in changed {
+                        me.enqueue(Work::Release(ns, name));
+                    }
                 }
             }
             Ok(watcher::Event::Apply(o)) => {
@@ -1121,6 +1152,24 @@ mod tests {
         assert_eq!(index.of_release("b", "web").len(), 1);
         assert_eq!(index.of_release("a", "db").len(), 1);
         assert_eq!(index.all().len(), 2);
+    }
+
+    #[test]
+    fn a_relist_names_only_the_releases_whose_records_changed() {
+        let mut index = RecordIndex { watches: 2, ..Default::default() };
+        let first = vec![record(Driver::Secret, "a", "web", 1), record(Driver::Secret, "a", "db", 1), record(Driver::Secret, "b", "api", 2)];
+        let changed = index.replace(Driver::Secret, None, first.clone());
+        assert_eq!(changed.len(), 3, "the first listing: everything is new");
+        assert!(index.replace(Driver::Secret, None, first.clone()).is_empty(), "the same listing again: nothing to re-check");
+        // Meanwhile: web got revision 2, db was uninstalled, a release appeared, api unchanged.
+        let mut web2 = record(Driver::Secret, "a", "web", 2);
+        web2.status = ReleaseStatus::PendingUpgrade;
+        let relist = vec![record(Driver::Secret, "a", "web", 1), web2, record(Driver::Secret, "b", "api", 2), record(Driver::Secret, "c", "new", 1)];
+        let mut changed: Vec<(String, String)> = index.replace(Driver::Secret, None, relist).into_iter().collect();
+        changed.sort();
+        assert_eq!(changed, vec![("a".into(), "db".into()), ("a".into(), "web".into()), ("c".into(), "new".into())]);
+        // Another driver's re-list leaves these alone.
+        assert!(index.replace(Driver::ConfigMap, None, vec![]).is_empty());
     }
 
     #[test]

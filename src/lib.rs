@@ -17,15 +17,4 @@ pub mod heal;
 pub mod helm;
 pub mod http;
 pub mod metrics;
-
-/// Errors that leave the library. Each carries what it is about, so that the message alone
-/// tells a person at 2 AM where to look.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("{0} is not built yet (see the open issues)")]
-    NotImplemented(&'static str),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub mod report;

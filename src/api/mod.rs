@@ -9,8 +9,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::check::{Finding, ObjectOperation, ResourceReport, Summary};
 use crate::drift::IgnoreRule;
+use crate::report::{Finding, ObjectOperation, ResourceReport, Summary};
 
 pub const GROUP: &str = "driftwatch.io";
 

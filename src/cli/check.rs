@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::check::ReleaseReport;
+use crate::report::ReleaseReport;
 use crate::drift::{ChangeKind, ObjectState};
 
 #[derive(Clone, Copy)]

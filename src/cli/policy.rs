@@ -9,7 +9,7 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 
 use crate::api::{DriftPolicy, DriftReport};
-use crate::check::{PolicyNote, ReleaseReport};
+use crate::report::{PolicyNote, ReleaseReport};
 use crate::controller::policy::{ReleaseFacts, Tenancy, policy_key, winner};
 use crate::helm::ReleaseHistory;
 

@@ -12,7 +12,8 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::api::DriftPolicy;
-use crate::check::{DecodedRelease, ReleaseReport};
+use crate::check::DecodedRelease;
+use crate::report::ReleaseReport;
 use crate::cluster::Resolver;
 use crate::drift::{self, ChangeKind, IgnoreRules, ObjectState};
 use crate::helm::ApplyMethod;

@@ -90,14 +90,14 @@ impl KindIndex {
 struct Verdicts {
     revision: u32,
     policy: String,
-    report: crate::check::ReleaseReport,
+    report: crate::report::ReleaseReport,
     latest: (u32, crate::helm::ReleaseStatus),
 }
 
 impl Verdicts {
     /// The earlier report, if every object it covers is still at the version it was checked
     /// at (and every object was read: none missing or in error).
-    fn still_valid(&self, live: &HashMap<(String, String), KindIndex>) -> Option<crate::check::ReleaseReport> {
+    fn still_valid(&self, live: &HashMap<(String, String), KindIndex>) -> Option<crate::report::ReleaseReport> {
         // Every object was read (none missing or in error) and is still at that version.
         let unchanged = self.report.resources.iter().all(|r| {
             r.change_token.is_some() && KindIndex::token(live, &r.api_version, &r.kind, r.namespace.as_deref().unwrap_or(""), &r.name) == r.change_token
@@ -110,11 +110,11 @@ impl Verdicts {
 /// unchanged.
 struct Prior<'a> {
     live: &'a std::sync::RwLock<HashMap<(String, String), KindIndex>>,
-    resources: Vec<crate::check::ResourceReport>,
+    resources: Vec<crate::report::ResourceReport>,
 }
 
 impl crate::check::Reuse for Prior<'_> {
-    fn unchanged(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<crate::check::ResourceReport> {
+    fn unchanged(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<crate::report::ResourceReport> {
         let ns = namespace.unwrap_or("");
         let earlier = self.resources.iter().find(|r| r.api_version == api_version && r.kind == kind && r.namespace.as_deref().unwrap_or("") == ns && r.name == name)?;
         let current = KindIndex::token(&self.live.read().expect("live index"), api_version, kind, ns, name)?;
@@ -434,7 +434,7 @@ impl Controller {
         let fingerprint = format!("{}@{}", policy_key(&policy), policy.metadata.generation.unwrap_or_default());
         let latest_now = (history.latest().revision, history.latest().status.clone());
         // Where each drift was first seen, whatever the revision or policy was then.
-        let seen_before: Vec<crate::check::ResourceReport> =
+        let seen_before: Vec<crate::report::ResourceReport> =
             earlier.iter().flat_map(|v| v.report.resources.iter().filter(|r| r.seen.is_some()).cloned()).collect();
         let earlier = earlier.filter(|v| v.revision == reference && v.policy == fingerprint);
         let started = Instant::now();
@@ -476,7 +476,7 @@ impl Controller {
             None => self.seed_memo(ns, name).await,
         };
         let now = jiff::Timestamp::now();
-        let written_before: Vec<crate::check::ResourceReport> = previous
+        let written_before: Vec<crate::report::ResourceReport> = previous
             .as_ref()
             .and_then(|m| m.status.full.get("resources"))
             .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -556,7 +556,7 @@ impl Controller {
         self: &Arc<Self>,
         key: &(String, String),
         history: &crate::helm::ReleaseHistory,
-        report: &crate::check::ReleaseReport,
+        report: &crate::report::ReleaseReport,
         policy: &DriftPolicy,
         ignore: &IgnoreRules,
         previous: Option<&Memo>,

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::policy::Tenancy;
 use crate::api::{DriftPolicy, DriftReportStatus, ReleaseInfo, parse_duration};
-use crate::check::ReleaseReport;
+use crate::report::ReleaseReport;
 use crate::drift::{IgnoreRules, ObjectState};
 use crate::helm::{ReleaseHistory, ReleaseStatus};
 use crate::metrics::ReleaseSeries;
@@ -90,7 +90,7 @@ pub struct HealView {
 }
 
 pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: jiff::Timestamp, history: &ReleaseHistory, heal: Option<&HealView>) -> Built {
-    let drifted_objects: Vec<&crate::check::ResourceReport> = r
+    let drifted_objects: Vec<&crate::report::ResourceReport> = r
         .resources
         .iter()
         .filter(|o| matches!(o.state, ObjectState::Modified | ObjectState::Missing | ObjectState::Added))
@@ -145,7 +145,7 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
         previous.and_then(Written::first_drift_time).and_then(|t| t.parse::<jiff::Timestamp>().ok()).unwrap_or(now)
     });
     let mut truncated = drifted_objects.len() > MAX_RESOURCES;
-    let resources: Vec<crate::check::ResourceReport> = r
+    let resources: Vec<crate::report::ResourceReport> = r
         .resources
         .iter()
         .filter(|o| o.state != ObjectState::InSync)
@@ -191,7 +191,7 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
 
 /// `Kind/name`, and what happened to its first drifted field: who, or that Kubernetes recorded
 /// nobody, and when the controller first saw it.
-fn describe_object(o: &crate::check::ResourceReport) -> String {
+fn describe_object(o: &crate::report::ResourceReport) -> String {
     let name = format!("{}/{}", o.kind, o.name);
     let seen = |t: &Option<String>| t.as_ref().map(|t| format!(", first seen {t}")).unwrap_or_default();
     if o.state == ObjectState::Missing {
@@ -216,9 +216,9 @@ fn describe_object(o: &crate::check::ResourceReport) -> String {
 /// report of the same release first saw the same object and path drift, else `now`. Earlier
 /// reports come from memory (the last verdicts) and from the written DriftReport (across
 /// restarts), so the first sighting is kept until the drift ends.
-pub fn stamp_seen(report: &mut ReleaseReport, earlier: &[&[crate::check::ResourceReport]], now: jiff::Timestamp) {
+pub fn stamp_seen(report: &mut ReleaseReport, earlier: &[&[crate::report::ResourceReport]], now: jiff::Timestamp) {
     use std::collections::HashMap;
-    let object_key = |r: &crate::check::ResourceReport| format!("{}|{}|{}|{}", r.api_version, r.kind, r.namespace.as_deref().unwrap_or(""), r.name);
+    let object_key = |r: &crate::report::ResourceReport| format!("{}|{}|{}|{}", r.api_version, r.kind, r.namespace.as_deref().unwrap_or(""), r.name);
     let mut objects: HashMap<String, String> = HashMap::new();
     let mut fields: HashMap<(String, String), String> = HashMap::new();
     let keep = |map_key: String, t: &str, map: &mut HashMap<String, String>| {
@@ -328,7 +328,7 @@ pub fn policy_status(tenancy: &Tenancy, p: &DriftPolicy, matched: usize, drifted
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::ResourceReport;
+    use crate::report::ResourceReport;
     use crate::helm::{Driver, RecordMeta};
 
     fn history(status: ReleaseStatus) -> ReleaseHistory {
@@ -372,7 +372,7 @@ mod tests {
             last_deployed: None,
             apply_method: Default::default(),
             drifted,
-            summary: crate::check::summarize(&resources),
+            summary: crate::report::summarize(&resources),
             resources,
             findings: vec![],
             policy: None,

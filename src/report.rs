@@ -1,0 +1,150 @@
+//! What a drift check reports, for one release and each of its objects: the data the CLI
+//! prints, the controller writes into DriftReports and the metrics count. Pure types, at the
+//! bottom of the crate: they import nothing from the check, the cluster or the runtime.
+
+use serde::{Deserialize, Serialize};
+
+use crate::drift::{FieldDrift, ObjectState, Operation};
+use crate::helm::ReleaseStatus;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceReport {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    pub state: ObjectState,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldDrift>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Operational actions seen on the object (not drift unless the policy counts them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<Operation>,
+    /// When the controller first saw this object out of sync (RFC 3339); kept across
+    /// re-checks and restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<String>,
+    /// The version of the live object this verdict was made from ([`crate::check::change_token`]; None:
+    /// absent or unread).
+    #[serde(skip)]
+    pub change_token: Option<String>,
+    /// The object could not be checked for a reason that may pass (the API server did not
+    /// answer): worth checking again soon.
+    #[serde(skip)]
+    pub transient: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub resources: usize,
+    pub in_sync: usize,
+    pub modified: usize,
+    pub missing: usize,
+    pub added: usize,
+    pub errors: usize,
+    /// Operational actions seen (rollout restarts, client-side applies), not counted as drift.
+    #[serde(default)]
+    pub operations: usize,
+}
+
+/// An operational action on one object of the release.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectOperation {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(flatten)]
+    pub operation: Operation,
+}
+
+/// The DriftPolicy that covers a release, as `check` knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyNote {
+    /// `namespace/name`.
+    pub name: String,
+    /// Whether its ignore rules and managers were applied (`check --policy`).
+    pub applied: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Finding {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    pub hint: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseReport {
+    pub name: String,
+    pub namespace: String,
+    pub revision: u32,
+    pub chart: String,
+    pub chart_version: String,
+    pub app_version: String,
+    pub status: ReleaseStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_deployed: Option<jiff::Timestamp>,
+    pub apply_method: crate::helm::ApplyMethod,
+    pub drifted: bool,
+    pub summary: Summary,
+    pub resources: Vec<ResourceReport>,
+    pub findings: Vec<Finding>,
+    /// The policy that covers the release, when `check` knows one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyNote>,
+    /// The check could not run at all (no readable revision); `resources` is then empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Fields the local comparison flagged that the server's dry-run showed to be equal
+    /// (normalisation gaps, not drift).
+    #[serde(skip)]
+    pub confirmed_away: usize,
+    /// Part of the check failed for a reason that may pass (a read the API server did not
+    /// answer): the controller checks the release again after a backoff.
+    #[serde(skip)]
+    pub transient: bool,
+}
+
+pub fn summarize(resources: &[ResourceReport]) -> Summary {
+    let mut s = Summary { resources: resources.len(), ..Summary::default() };
+    for r in resources {
+        match r.state {
+            ObjectState::InSync => s.in_sync += 1,
+            ObjectState::Modified => s.modified += 1,
+            ObjectState::Missing => s.missing += 1,
+            ObjectState::Added => s.added += 1,
+            ObjectState::Error => s.errors += 1,
+        }
+        s.operations += r.operations.len();
+    }
+    s
+}
+
+impl ReleaseReport {
+    /// Every operational action seen, with the object it was seen on.
+    pub fn operations(&self) -> Vec<ObjectOperation> {
+        self.resources
+            .iter()
+            .flat_map(|r| {
+                r.operations.iter().map(|op| ObjectOperation {
+                    api_version: r.api_version.clone(),
+                    kind: r.kind.clone(),
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                    operation: op.clone(),
+                })
+            })
+            .collect()
+    }
+}
+

@@ -297,10 +297,10 @@ async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow:
         CheckOutput::Text => {
             use std::io::IsTerminal as _;
             let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            driftwatch::cli::check::render_text(&reports, driftwatch::cli::check::Style { colour })
+            driftwatch::cli::check_output::render_text(&reports, driftwatch::cli::check_output::Style { colour })
         }
-        CheckOutput::Json => serde_json::to_string_pretty(&driftwatch::cli::check::document(&reports))? + "\n",
-        CheckOutput::Yaml => serde_saphyr::to_string(&driftwatch::cli::check::document(&reports))?,
+        CheckOutput::Json => serde_json::to_string_pretty(&driftwatch::cli::check_output::document(&reports))? + "\n",
+        CheckOutput::Yaml => serde_saphyr::to_string(&driftwatch::cli::check_output::document(&reports))?,
     };
     emit(&text)?;
     if opts.verbose {

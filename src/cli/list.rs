@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::cluster::ReleaseStore;
-use crate::cluster::storage::Listing;
+use crate::cluster::release_store::Listing;
 use crate::helm::{Driver, ReleaseStatus, group_releases};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -91,7 +91,7 @@ pub fn render_table(releases: &[ListedRelease]) -> String {
             ]
         })
         .collect();
-    super::table::render(
+    super::columns::render(
         &["NAME", "NAMESPACE", "REVISION", "UPDATED", "STATUS", "CHART", "APP VERSION", "STORAGE"],
         &rows,
     )

@@ -1,7 +1,8 @@
-//! The command-line views that are not the controller: what `driftwatch check`, `diagnose`
-//! and `inventory` print. Kept in the library so their output is tested.
+//! The command-line views that are not the controller: what `driftwatch check` prints
+//! (`check_output`), the release list of `check --list` (`list`, laid out by `columns`), and
+//! which DriftPolicy covers a release (`policy`). Kept in the library so their output is tested.
 
-pub mod check;
+pub mod check_output;
 pub mod list;
 pub mod policy;
-pub mod table;
+pub mod columns;

@@ -2,7 +2,7 @@
 //! dry-run confirmation, apply.
 
 pub mod resolve;
-pub mod storage;
+pub mod release_store;
 
 pub use resolve::{ResolveError, ResolvedKind, Resolver};
-pub use storage::{ReleaseStore, StorageError};
+pub use release_store::{ReleaseStore, StorageError};

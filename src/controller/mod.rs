@@ -886,7 +886,7 @@ where
         Some(n) => Api::namespaced(me.client.clone(), n),
         None => Api::all(me.client.clone()),
     };
-    let secret_type = (driver == crate::helm::Driver::Secret).then_some(crate::helm::storage::SECRET_TYPE);
+    let secret_type = (driver == crate::helm::Driver::Secret).then_some(crate::helm::records::SECRET_TYPE);
     let meta = |o: &PartialObjectMeta<K>| crate::helm::RecordMeta::from_metadata(driver, &o.metadata, secret_type).ok();
     let mut stream = watcher(api, cfg).default_backoff().boxed();
     let (mut building, mut listed_once) = (Vec::new(), false);
@@ -1017,11 +1017,11 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     // Release records (metadata only), both drivers.
     for ns in ctl.namespaces() {
         let secrets = watcher::Config::default()
-            .labels(crate::helm::storage::OWNER_SELECTOR)
-            .fields(&format!("type={}", crate::helm::storage::SECRET_TYPE));
+            .labels(crate::helm::records::OWNER_SELECTOR)
+            .fields(&format!("type={}", crate::helm::records::SECRET_TYPE));
         ctl.records.write().expect("record index").watches += 2;
         tasks.spawn(watch_records::<Secret>(ctl.clone(), crate::helm::Driver::Secret, ns.clone(), secrets));
-        let config_maps = watcher::Config::default().labels(crate::helm::storage::OWNER_SELECTOR);
+        let config_maps = watcher::Config::default().labels(crate::helm::records::OWNER_SELECTOR);
         tasks.spawn(watch_records::<ConfigMap>(ctl.clone(), crate::helm::Driver::ConfigMap, ns, config_maps));
     }
 

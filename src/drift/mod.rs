@@ -202,4 +202,4 @@ impl ObjectState {
 }
 
 #[cfg(test)]
-mod table;
+mod cases;

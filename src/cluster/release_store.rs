@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
 use kube::Client;
 
-use crate::helm::storage::{OWNER_SELECTOR, RecordMetaError, SECRET_TYPE};
+use crate::helm::records::{OWNER_SELECTOR, RecordMetaError, SECRET_TYPE};
 use crate::helm::{DecodeError, Driver, RecordMeta, Release, decode_release};
 
 /// Why release storage could not be read. Each error names the object or scope it is about.

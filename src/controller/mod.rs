@@ -575,16 +575,20 @@ impl Controller {
         let warn = |reason: &str, note: String| KubeEvent { type_: EventType::Warning, reason: reason.into(), note: Some(note), action: "Heal".into(), secondary: None };
         if report.drifted && report.error.is_none() && self.is_leader() {
             st.times.retain(|t| t.elapsed() < Duration::from_secs(3600));
-            if latest.status.is_pending() {
-                st.condition = Some(("False".into(), "ReleasePending".into(), format!("revision {} is {}: nothing is healed while Helm holds its lock", latest.revision, latest.status)));
-            } else if age < after {
-                st.condition = Some(("False".into(), "HealDelayed".into(), format!("drift is {}s old; heal.after is {}", age.as_secs(), spec.after)));
-                // Nothing else may change before the grace ends: look again then.
-                self.recheck_after(key, after - age + Duration::from_millis(200));
-            } else if st.times.len() >= spec.max_per_hour as usize {
-                st.condition = Some(("False".into(), "RateLimited".into(), format!("{} heals in the last hour (heal.maxPerHour {})", st.times.len(), spec.max_per_hour)));
-                if let Some(oldest) = st.times.front() {
-                    self.recheck_after(key, Duration::from_secs(3600).saturating_sub(oldest.elapsed()) + Duration::from_secs(1));
+            let heals_last_hour: Vec<Duration> = st.times.iter().map(|t| t.elapsed()).collect();
+            let status = latest.status.to_string();
+            let facts = crate::heal::GuardFacts {
+                pending: latest.status.is_pending().then_some((latest.revision, status.as_str())),
+                age,
+                after: (spec.after.as_str(), after),
+                heals_last_hour: &heals_last_hour,
+                max_per_hour: spec.max_per_hour,
+            };
+            let decision = crate::heal::guard(&facts);
+            if let crate::heal::Guard::Wait { condition, recheck_in } = decision {
+                st.condition = Some(condition);
+                if let Some(delay) = recheck_in {
+                    self.recheck_after(key, delay);
                 }
             } else if let Some(decoded) = match history.reference() {
                 Some(r) => crate::check::decoded(&self.store, Some(&self.cache), r).await.ok(),

@@ -9,6 +9,54 @@ use crate::drift::compare::{escape_pointer, navigate};
 use crate::drift::managed::FieldKey;
 use crate::drift::{ChangeKind, FieldDrift};
 
+/// The guardrails' answer for one release: heal now, or wait (with the `Healed` condition to
+/// show, and when to look again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Guard {
+    Heal,
+    Wait {
+        /// `(status, reason, message)` of the `Healed` condition.
+        condition: (String, String, String),
+        /// When the wait ends on its own (a grace period or a rate limit); None: on a change.
+        recheck_in: Option<std::time::Duration>,
+    },
+}
+
+/// What the guardrails look at.
+#[derive(Clone, Debug)]
+pub struct GuardFacts<'a> {
+    /// The newest revision and its status, when Helm holds its lock (`pending-*`).
+    pub pending: Option<(u32, &'a str)>,
+    /// How long the release has been drifted.
+    pub age: std::time::Duration,
+    /// `heal.after`, as written and as parsed.
+    pub after: (&'a str, std::time::Duration),
+    /// Ages of the heals of the last hour, oldest first.
+    pub heals_last_hour: &'a [std::time::Duration],
+    pub max_per_hour: u32,
+}
+
+/// The guardrails, in order: never while Helm holds the release's lock; not before `heal.after`
+/// (look again when it ends); at most `heal.maxPerHour` (look again when the oldest heal is an
+/// hour old). Pure.
+pub fn guard(f: &GuardFacts) -> Guard {
+    let wait = |reason: &str, message: String, recheck_in| Guard::Wait { condition: ("False".into(), reason.into(), message), recheck_in };
+    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+    if let Some((revision, status)) = f.pending {
+        return wait("ReleasePending", format!("revision {revision} is {status}: nothing is healed while Helm holds its lock"), None);
+    }
+    if f.age < f.after.1 {
+        // Nothing else may change before the grace ends: look again then.
+        let recheck = f.after.1 - f.age + std::time::Duration::from_millis(200);
+        return wait("HealDelayed", format!("drift is {}s old; heal.after is {}", f.age.as_secs(), f.after.0), Some(recheck));
+    }
+    if f.heals_last_hour.len() >= f.max_per_hour as usize {
+        let recheck = f.heals_last_hour.first().map(|oldest| HOUR.saturating_sub(*oldest) + std::time::Duration::from_secs(1));
+        return wait("RateLimited", format!("{} heals in the last hour (heal.maxPerHour {})", f.heals_last_hour.len(), f.max_per_hour), recheck);
+    }
+    Guard::Heal
+}
+
 /// Helm's ownership stamps, as `helm install` puts them on every object.
 pub fn with_helm_stamps(object: &Value, release: &str, namespace: &str) -> Value {
     let mut o = object.clone();
@@ -113,6 +161,45 @@ pub fn plan_patch(desired: &Value, live: &Value, fields: &[FieldDrift], remove_a
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    fn facts<'a>(age: u64, after: u64, heals: &'a [Duration], max: u32) -> super::GuardFacts<'a> {
+        super::GuardFacts { pending: None, age: Duration::from_secs(age), after: ("x", Duration::from_secs(after)), heals_last_hour: heals, max_per_hour: max }
+    }
+
+    #[test]
+    fn guardrails_decide_in_order() {
+        use super::{Guard, guard};
+        assert_eq!(guard(&facts(10, 0, &[], 10)), Guard::Heal);
+        let pending = super::GuardFacts { pending: Some((4, "pending-upgrade")), ..facts(10, 0, &[], 10) };
+        match guard(&pending) {
+            Guard::Wait { condition, recheck_in } => {
+                assert_eq!((condition.1.as_str(), recheck_in), ("ReleasePending", None));
+                assert!(condition.2.contains("revision 4 is pending-upgrade"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match guard(&facts(10, 30, &[], 10)) {
+            Guard::Wait { condition, recheck_in } => {
+                assert_eq!(condition.1, "HealDelayed");
+                assert_eq!(recheck_in, Some(Duration::from_millis(20_200)), "when the grace ends");
+            }
+            other => panic!("{other:?}"),
+        }
+        let heals = [Duration::from_secs(3000), Duration::from_secs(100)];
+        match guard(&facts(10, 0, &heals, 2)) {
+            Guard::Wait { condition, recheck_in } => {
+                assert_eq!(condition.1, "RateLimited");
+                assert_eq!(recheck_in, Some(Duration::from_secs(601)), "when the oldest heal is an hour old");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(guard(&facts(10, 0, &heals, 3)), Guard::Heal);
+        // Pending wins over everything else.
+        let all = super::GuardFacts { pending: Some((1, "pending-install")), ..facts(0, 30, &heals, 1) };
+        assert!(matches!(guard(&all), Guard::Wait { condition, .. } if condition.1 == "ReleasePending"));
+    }
+
     use super::*;
     use crate::drift::{BuiltinSchema, DiffOptions, diff_object, normalize::desired_for_compare};
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::cluster::{ReleaseStore, ResolveError, Resolver};
 use crate::drift::{self, ChangeKind, DiffOptions, DigestKey, FieldDrift, IgnoreRules, ObjectIdentity, ObjectState, Schema};
-use crate::report::{Finding, ReleaseReport, ResourceReport, Summary, summarize};
+use crate::report::{CheckErrorKind, Finding, ReleaseReport, ResourceReport, Summary, summarize};
 use crate::helm::{DesiredObject, ReleaseHistory, ReleaseStatus, split_manifest};
 
 /// How a check runs.
@@ -115,6 +115,8 @@ impl ReleaseCache {
 #[derive(Clone, Debug)]
 pub struct FetchError {
     pub message: String,
+    /// The payload was read and could not be decoded.
+    pub decode: bool,
     /// The API server did not answer (not a corrupt record, not a deleted one).
     pub transient: bool,
 }
@@ -124,7 +126,11 @@ pub async fn decoded(store: &ReleaseStore, cache: Option<&ReleaseCache>, record:
     if let Some(hit) = cache.and_then(|c| c.get(&record.namespace, &record.release, record.revision)) {
         return Ok(hit);
     }
-    let mut release = store.fetch(record).await.map_err(|e| FetchError { transient: e.is_transient(), message: e.to_string() })?;
+    let mut release = store.fetch(record).await.map_err(|e| FetchError {
+        transient: e.is_transient(),
+        decode: matches!(e, crate::cluster::StorageError::Decode { .. }),
+        message: e.to_string(),
+    })?;
     release.config = Default::default();
     let split = split_manifest(&release.manifest);
     // Kept only as objects: the text is not needed again (memory, with a thousand releases).
@@ -171,6 +177,7 @@ pub async fn check_release_cached(
         findings: Vec::new(),
         policy: None,
         error: None,
+        error_kind: None,
         confirmed_away: 0,
         transient: false,
     };
@@ -187,6 +194,7 @@ pub async fn check_release_cached(
         Ok(r) => r,
         Err(e) => {
             report.error = Some(e);
+            report.error_kind = Some(CheckErrorKind::NoReference);
             return report;
         }
     };
@@ -195,6 +203,7 @@ pub async fn check_release_cached(
         Err(e) => {
             report.revision = record.revision;
             report.transient = e.transient;
+            report.error_kind = Some(if e.decode { CheckErrorKind::Decode } else { CheckErrorKind::Read });
             report.error = Some(e.message);
             return report;
         }

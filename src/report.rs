@@ -105,6 +105,9 @@ pub struct ReleaseReport {
     /// The check could not run at all (no readable revision); `resources` is then empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of failure `error` is, for metrics and retries (never read from the text).
+    #[serde(skip)]
+    pub error_kind: Option<CheckErrorKind>,
     /// Fields the local comparison flagged that the server's dry-run showed to be equal
     /// (normalisation gaps, not drift).
     #[serde(skip)]
@@ -148,3 +151,14 @@ impl ReleaseReport {
     }
 }
 
+
+/// Why a release could not be checked at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckErrorKind {
+    /// No revision is `deployed` (or the asked one does not exist): nothing to compare against.
+    NoReference,
+    /// The record is there but its payload cannot be decoded (corrupt, truncated, not Helm's).
+    Decode,
+    /// The record could not be read (the API server did not answer, or refused).
+    Read,
+}

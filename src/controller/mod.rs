@@ -458,7 +458,7 @@ impl Controller {
         self.metrics.check_duration.observe(started.elapsed().as_secs_f64());
         let result = if report.error.is_some() { "error" } else if report.drifted { "drifted" } else { "in_sync" };
         self.metrics.checks_total.with_label_values(&[result]).inc();
-        if report.error.as_deref().is_some_and(|e| e.starts_with("decoding")) {
+        if report.error_kind == Some(crate::report::CheckErrorKind::Decode) {
             self.metrics.decode_errors.inc();
         }
         for r in &report.resources {

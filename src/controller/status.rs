@@ -377,6 +377,7 @@ mod tests {
             findings: vec![],
             policy: None,
             error: None,
+            error_kind: None,
             confirmed_away: 0,
             transient: false,
         }

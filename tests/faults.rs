@@ -105,3 +105,46 @@ async fn a_network_cut_loses_no_report_and_no_drift() {
     );
     drop(ctl);
 }
+
+/// The lease's first line of defence: a leader whose API server stops answering (a black hole,
+/// not a reset) steps down on its own before its lease can pass to another replica, so there is
+/// never a moment with two writers.
+#[tokio::test]
+async fn a_leader_cut_off_steps_down_before_another_takes_over() {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, "lease-cut").await;
+    let platform = TestNamespace::new(&client, "lease-cut-pf").await;
+    let (n, p) = (ns.name.as_str(), platform.name.as_str());
+    Helm::V3.ok(&["install", "app", &common::chart("many"), "-n", n, "--set", "apps=1"]);
+    kubectl(&["apply", "-f", &common::repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: p, namespace: {n}}}\nspec: {{interval: 1h}}\n"));
+
+    let kubeconfig = format!("{}/kubeconfig-{n}", std::env::temp_dir().display());
+    let (_, upstream) = kubeconfig_through(None, &kubeconfig);
+    let proxy = Arc::new(Proxy::start(upstream));
+    kubeconfig_through(Some(proxy.addr), &kubeconfig);
+    let tmp = std::env::temp_dir();
+    let (log_a, log_b) = (format!("{}/replica-a-{n}.log", tmp.display()), format!("{}/replica-b-{n}.log", tmp.display()));
+    let _a = common::start_controller_with(p, p, &[n], &log_a, Some(&kubeconfig), Some("replica-a"));
+    let holder = || kubectl(&["get", "lease", "driftwatch-controller", "-n", p, "-o", "jsonpath={.spec.holderIdentity}"]);
+    wait_for("replica-a to lead", 60, || (kubectl(&["get", "lease", "-n", p, "-o", "name"]).contains("driftwatch-controller") && holder() == "replica-a").then_some(()));
+    let _b = common::start_controller_with(p, p, &[n], &log_b, None, Some("replica-b"));
+
+    // Black-hole replica-a's connection for longer than the lease (10 s).
+    let px = proxy.clone();
+    let stall = std::thread::spawn(move || px.stall(Duration::from_secs(20)));
+    let started = Instant::now();
+    wait_for("replica-b to take the lease", 40, || (holder() == "replica-b").then_some(()));
+    let took_over = started.elapsed();
+    stall.join().unwrap();
+
+    let when = |log: &str, message: &str| -> Option<jiff::Timestamp> {
+        std::fs::read_to_string(log).ok()?.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|v| {
+            (v["fields"]["message"] == message).then(|| v["timestamp"].as_str()?.parse().ok()).flatten()
+        })
+    };
+    let stepped_down = when(&log_a, "lost the lease; no longer writing").unwrap_or_else(|| panic!("replica-a never stepped down:\n{}", std::fs::read_to_string(&log_a).unwrap_or_default()));
+    let b_leads = when(&log_b, "became the leader").expect("replica-b became the leader");
+    println!("lease figures: replica-b took the lease {:.1} s into the black hole; replica-a stepped down {:.1} s before that", took_over.as_secs_f64(), (b_leads.as_millisecond() - stepped_down.as_millisecond()) as f64 / 1000.0);
+    assert!(stepped_down < b_leads, "two writers: replica-a stepped down at {stepped_down}, after replica-b took over at {b_leads}");
+}

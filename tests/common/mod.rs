@@ -222,6 +222,11 @@ pub fn start_controller(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &st
 
 /// The same, talking to the API server through another kubeconfig (a proxy's).
 pub fn start_controller_via(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str, kubeconfig: Option<&str>) -> ControllerProcess {
+    start_controller_with(own_ns, cluster_ns, watch, log, kubeconfig, None)
+}
+
+/// The same, as a replica with `--leader-elect` named `identity` when one is given.
+pub fn start_controller_with(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str, kubeconfig: Option<&str>, identity: Option<&str>) -> ControllerProcess {
     kubectl(&["apply", "-f", &repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
     let (metrics_port, health_port) = (free_port(), free_port());
     let log = std::fs::File::create(log).unwrap();
@@ -239,6 +244,8 @@ pub fn start_controller_via(own_ns: &str, cluster_ns: &str, watch: &[&str], log:
             "--log-format",
             "json",
         ])
+        .args(identity.map(|_| "--leader-elect"))
+        .envs(identity.map(|i| ("POD_NAME", i)))
         .env("POD_NAMESPACE", own_ns)
         .env("KUBECONFIG", kubeconfig.map(str::to_string).unwrap_or_else(|| std::env::var("KUBECONFIG").unwrap_or_default()))
         // Debug lines of the controller module: "object changed" says what a watch re-checked.

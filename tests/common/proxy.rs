@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    /// A black hole: bytes are held, not forwarded, and no connection is closed (no reset for
+    /// the client to notice): requests hang, as behind a dropped route.
+    stall: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
 }
@@ -22,7 +25,8 @@ impl Proxy {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, open, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
-        let (c, o, s) = (cut.clone(), open.clone(), stop.clone());
+        let stall = Arc::new(AtomicBool::new(false));
+        let (c, o, s, st) = (cut.clone(), open.clone(), stop.clone(), stall.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 let client = match listener.accept() {
@@ -44,12 +48,16 @@ impl Proxy {
                     open.push(server.try_clone().unwrap());
                 }
                 for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let st = st.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16384];
                         loop {
                             match from.read(&mut buf) {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => {
+                                    while st.load(Ordering::SeqCst) {
+                                        std::thread::sleep(Duration::from_millis(20));
+                                    }
                                     if to.write_all(&buf[..n]).is_err() {
                                         break;
                                     }
@@ -62,7 +70,20 @@ impl Proxy {
                 }
             }
         });
-        Proxy { addr, cut, open, stop }
+        Proxy { addr, cut, stall, open, stop }
+    }
+
+    /// Holds every byte for `how_long` without closing anything (new connections are made but
+    /// carry nothing either); returns when it ends.
+    pub fn stall(&self, how_long: Duration) -> Instant {
+        self.stall.store(true, Ordering::SeqCst);
+        std::thread::sleep(how_long);
+        // What was held is dropped with its connections: a partition does not deliver late.
+        self.stall.store(false, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        Instant::now()
     }
 
     /// Closes every open connection and refuses new ones for `how_long`; returns when the cut

@@ -72,7 +72,7 @@ pub async fn heal_release(
         reuse: None,
     };
     for res in &report.resources {
-        if !matches!(res.state, ObjectState::Modified | ObjectState::Missing | ObjectState::Added) {
+        if !res.state.is_drift() {
             continue;
         }
         let Some(desired) = decoded.split.objects.iter().find(|o| o.kind == res.kind && o.name == res.name && o.api_version == res.api_version) else {

@@ -168,8 +168,11 @@ impl RecordIndex {
             v.sort_by(|a, b| a.object_name.cmp(&b.object_name));
             v
         };
-        let before: HashMap<(String, String), Vec<crate::helm::RecordMeta>> =
-            self.by_release.iter().filter(|((n, _), _)| scope.is_none_or(|s| s == n)).map(|(k, m)| (k.clone(), of_driver(m))).collect();
+        type Snapshot = HashMap<(String, String), Vec<crate::helm::RecordMeta>>;
+        let snapshot = |index: &HashMap<(String, String), HashMap<(crate::helm::Driver, String), crate::helm::RecordMeta>>| -> Snapshot {
+            index.iter().filter(|((n, _), _)| scope.is_none_or(|s| s == n)).map(|(k, m)| (k.clone(), of_driver(m))).collect()
+        };
+        let before = snapshot(&self.by_release);
         self.by_release.retain(|(n, _), m| {
             if scope.is_none_or(|s| s == n) {
                 m.retain(|(d, _), _| *d != driver);
@@ -179,8 +182,7 @@ impl RecordIndex {
         for r in records {
             self.insert(r);
         }
-        let after: HashMap<(String, String), Vec<crate::helm::RecordMeta>> =
-            self.by_release.iter().filter(|((n, _), _)| scope.is_none_or(|s| s == n)).map(|(k, m)| (k.clone(), of_driver(m))).collect();
+        let after = snapshot(&self.by_release);
         before
             .keys()
             .chain(after.keys())
@@ -574,7 +576,7 @@ impl Controller {
         let age = Duration::from_secs_f64(((now.as_millisecond() - first_drift.as_millisecond()).max(0) as f64) / 1000.0);
         let warn = |reason: &str, note: String| KubeEvent { type_: EventType::Warning, reason: reason.into(), note: Some(note), action: "Heal".into(), secondary: None };
         if report.drifted && report.error.is_none() && self.is_leader() {
-            st.times.retain(|t| t.elapsed() < Duration::from_secs(3600));
+            st.times.retain(|t| t.elapsed() < crate::heal::RATE_WINDOW);
             let heals_last_hour: Vec<Duration> = st.times.iter().map(|t| t.elapsed()).collect();
             let status = latest.status.to_string();
             let facts = crate::heal::GuardFacts {

@@ -93,7 +93,7 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
     let drifted_objects: Vec<&crate::report::ResourceReport> = r
         .resources
         .iter()
-        .filter(|o| matches!(o.state, ObjectState::Modified | ObjectState::Missing | ObjectState::Added))
+        .filter(|o| o.state.is_drift())
         .collect();
     let drifted = r.drifted;
     let names: Vec<String> = drifted_objects.iter().take(5).map(|o| describe_object(o)).collect();
@@ -218,48 +218,40 @@ fn describe_object(o: &crate::report::ResourceReport) -> String {
 /// restarts), so the first sighting is kept until the drift ends.
 pub fn stamp_seen(report: &mut ReleaseReport, earlier: &[&[crate::report::ResourceReport]], now: jiff::Timestamp) {
     use std::collections::HashMap;
+    // First sightings by (object, path); the object's own sighting has the empty path (a
+    // field's path is a JSON pointer, never empty).
     let object_key = |r: &crate::report::ResourceReport| format!("{}|{}|{}|{}", r.api_version, r.kind, r.namespace.as_deref().unwrap_or(""), r.name);
-    let mut objects: HashMap<String, String> = HashMap::new();
-    let mut fields: HashMap<(String, String), String> = HashMap::new();
-    let keep = |map_key: String, t: &str, map: &mut HashMap<String, String>| {
-        let e = map.entry(map_key).or_insert_with(|| t.to_string());
+    let mut first: HashMap<(String, String), String> = HashMap::new();
+    let mut keep_earliest = |key: (String, String), t: &str| {
+        let e = first.entry(key).or_insert_with(|| t.to_string());
         if t < e.as_str() {
             *e = t.to_string();
         }
     };
-    for list in earlier {
-        for r in list.iter().filter(|r| matches!(r.state, ObjectState::Modified | ObjectState::Missing | ObjectState::Added)) {
-            let k = object_key(r);
-            if let Some(t) = &r.seen {
-                keep(k.clone(), t, &mut objects);
-            }
-            for f in &r.fields {
-                if let Some(t) = &f.seen {
-                    let e = fields.entry((k.clone(), f.path.clone())).or_insert_with(|| t.clone());
-                    if t < e {
-                        *e = t.clone();
-                    }
-                }
-            }
+    for r in earlier.iter().flat_map(|list| list.iter()).filter(|r| r.state.is_drift()) {
+        let k = object_key(r);
+        let sightings = r.seen.iter().map(|t| (String::new(), t)).chain(r.fields.iter().filter_map(|f| Some((f.path.clone(), f.seen.as_ref()?))));
+        for (path, t) in sightings {
+            keep_earliest((k.clone(), path), t);
         }
     }
     // To the second, as managedFields times are: the watch's latency is finer than anyone reads.
     let now = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string();
     for r in report.resources.iter_mut() {
-        if !matches!(r.state, ObjectState::Modified | ObjectState::Missing | ObjectState::Added) {
+        if !r.state.is_drift() {
             r.seen = None;
             continue;
         }
         let k = object_key(r);
-        let mut first = objects.get(&k).cloned();
+        let mut object_seen = first.get(&(k.clone(), String::new())).cloned();
         for f in r.fields.iter_mut() {
-            let t = fields.get(&(k.clone(), f.path.clone())).cloned().unwrap_or_else(|| now.clone());
-            if first.as_ref().is_none_or(|o| &t < o) {
-                first = Some(t.clone());
+            let t = first.get(&(k.clone(), f.path.clone())).cloned().unwrap_or_else(|| now.clone());
+            if object_seen.as_ref().is_none_or(|o| &t < o) {
+                object_seen = Some(t.clone());
             }
             f.seen = Some(t);
         }
-        r.seen = Some(first.unwrap_or_else(|| now.clone()));
+        r.seen = Some(object_seen.unwrap_or_else(|| now.clone()));
     }
 }
 

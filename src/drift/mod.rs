@@ -189,6 +189,11 @@ pub fn diff_object(desired: &Value, live: &Value, schema: &dyn Schema, opts: Dif
 }
 
 impl ObjectState {
+    /// Whether the object has drifted (Modified, Missing or Added; not InSync, not Error).
+    pub fn is_drift(self) -> bool {
+        matches!(self, ObjectState::Modified | ObjectState::Missing | ObjectState::Added)
+    }
+
     /// The verdict of an object that exists live, from its drifted fields.
     pub fn of_fields(fields: &[FieldDrift]) -> ObjectState {
         if fields.is_empty() {

@@ -9,6 +9,9 @@ use crate::drift::compare::{escape_pointer, navigate};
 use crate::drift::managed::FieldKey;
 use crate::drift::{ChangeKind, FieldDrift};
 
+/// The window `heal.maxPerHour` counts heals over.
+pub const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The guardrails' answer for one release: heal now, or wait (with the `Healed` condition to
 /// show, and when to look again).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +44,6 @@ pub struct GuardFacts<'a> {
 /// hour old). Pure.
 pub fn guard(f: &GuardFacts) -> Guard {
     let wait = |reason: &str, message: String, recheck_in| Guard::Wait { condition: ("False".into(), reason.into(), message), recheck_in };
-    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
     if let Some((revision, status)) = f.pending {
         return wait("ReleasePending", format!("revision {revision} is {status}: nothing is healed while Helm holds its lock"), None);
     }
@@ -51,7 +53,7 @@ pub fn guard(f: &GuardFacts) -> Guard {
         return wait("HealDelayed", format!("drift is {}s old; heal.after is {}", f.age.as_secs(), f.after.0), Some(recheck));
     }
     if f.heals_last_hour.len() >= f.max_per_hour as usize {
-        let recheck = f.heals_last_hour.first().map(|oldest| HOUR.saturating_sub(*oldest) + std::time::Duration::from_secs(1));
+        let recheck = f.heals_last_hour.first().map(|oldest| RATE_WINDOW.saturating_sub(*oldest) + std::time::Duration::from_secs(1));
         return wait("RateLimited", format!("{} heals in the last hour (heal.maxPerHour {})", f.heals_last_hour.len(), f.max_per_hour), recheck);
     }
     Guard::Heal

@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ControllerProcess, Helm, TestNamespace, apply_yaml, condition, drifted, kubectl, report, start_controller, wait_for};
+use common::{ControllerProcess, Helm, TestNamespace, apply_yaml, condition, drift_shape, drifted, kubectl, metric, report, start_controller, wait_for};
 use serde_json::Value;
 
 /// How many times an Event of this reason was emitted (repeats are folded into a series or a
@@ -17,20 +17,6 @@ fn events(ns: &str, reason: &str) -> u64 {
     let out = kubectl(&["get", "events", "-n", ns, "--field-selector", &format!("reason={reason}"), "-o", "json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     v["items"].as_array().unwrap().iter().map(|e| e["count"].as_u64().or_else(|| e["series"]["count"].as_u64()).unwrap_or(1).max(1)).sum()
-}
-
-fn metric(port: u16, line_prefix: &str) -> Option<String> {
-    let body = ureq_get(port)?;
-    body.lines().find(|l| l.starts_with(line_prefix)).map(|l| l.rsplit(' ').next().unwrap().to_string())
-}
-
-fn ureq_get(port: u16) -> Option<String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
 }
 
 fn set_memory(ns: &str, deploy: &str, from: &str, to: &str) {
@@ -227,25 +213,11 @@ async fn report_verdicts_equal_the_engine() {
         let out = Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(["check", "app", "-n", n, "-o", "json"]).output().unwrap();
         serde_json::from_slice::<Value>(&out.stdout).unwrap()["releases"][0].clone()
     };
-    let shape = |resources: &Value| -> Vec<String> {
-        let mut v: Vec<String> = resources
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["state"] != "InSync")
-            .map(|r| {
-                let fields: Vec<String> = r["fields"].as_array().map(|f| f.iter().map(|f| format!("{}:{}:{}", f["path"], f["change"], f["manager"])).collect()).unwrap_or_default();
-                format!("{} {} {} {:?}", r["kind"], r["name"], r["state"], fields)
-            })
-            .collect();
-        v.sort();
-        v
-    };
     let want = cli();
     assert_eq!(want["summary"]["modified"], 4, "{}", want["summary"]);
     let got = wait_for("the report to show every drift", 60, || {
         let r = report(n, "app")?;
-        (r["status"]["summary"] == want["summary"] && shape(&r["status"]["resources"]) == shape(&want["resources"])).then_some(r)
+        (r["status"]["summary"] == want["summary"] && drift_shape(&r["status"]["resources"]) == drift_shape(&want["resources"])).then_some(r)
     });
     assert_eq!(condition(&got, "Drifted").unwrap()["status"], "True");
     assert_eq!(got["status"]["driftedResources"], format!("5/{}", want["summary"]["resources"]));
@@ -533,7 +505,7 @@ async fn one_policy_for_the_whole_reconcile() {
     common::wait_for_controllers(n);
     kubectl(&["scale", "deployment/app-fullstack", "-n", n, "--replicas=4"]);
     // Both policies are there before the controller starts: its first check already has to choose.
-    kubectl(&["apply", "-f", &common::repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
+    common::apply_crds();
     apply_yaml(&format!(
         "apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: cluster, namespace: {p}}}\nspec:\n  ignore:\n  - paths: [/spec/replicas]\n    target: {{kind: Deployment}}\n"
     ));

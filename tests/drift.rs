@@ -86,17 +86,7 @@ async fn drift_patterns(helm: Helm) {
     let hotfix = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: app-fullstack-nodeport\n  namespace: {n}\nspec:\n  ports:\n  - name: http\n    port: 80\n    targetPort: 9090\n    protocol: TCP\n"
     );
-    let mut apply = Command::new("kubectl")
-        .args(["apply", "--server-side", "--field-manager=hotfix", "--force-conflicts", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    apply.stdin.take().unwrap().write_all(hotfix.as_bytes()).unwrap();
-    let out = apply.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl apply --server-side: {}", String::from_utf8_lossy(&out.stderr));
+    common::kubectl_stdin(&["apply", "--server-side", "--field-manager=hotfix", "--force-conflicts", "-f", "-"], &hotfix);
 
     let (code, report) = check("app", n, &[]);
     assert_eq!(code, 2, "--detailed-exitcode with drift");

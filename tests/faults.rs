@@ -5,20 +5,15 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::proxy::{Proxy, kubeconfig_through};
+use common::proxy::proxied_kubeconfig;
 use common::{Helm, TestNamespace, apply_yaml, condition, kubectl, report, start_controller_via, wait_for};
 
 const RELEASES: usize = 30;
 
 fn checks_total(port: u16) -> f64 {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0.0 };
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
+    let body = common::metrics_text(port).unwrap_or_default();
     body.lines().filter(|l| l.starts_with("driftwatch_checks_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
@@ -50,13 +45,11 @@ async fn a_network_cut_loses_no_report_and_no_drift() {
             h.join().unwrap();
         }
     }
-    kubectl(&["apply", "-f", &common::repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
+    common::apply_crds();
     apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: p, namespace: {n}}}\nspec: {{interval: 1h}}\n"));
 
     let kubeconfig = format!("{}/kubeconfig-{n}", std::env::temp_dir().display());
-    let (_, upstream) = kubeconfig_through(None, &kubeconfig);
-    let proxy = Arc::new(Proxy::start(upstream));
-    kubeconfig_through(Some(proxy.addr), &kubeconfig);
+    let proxy = proxied_kubeconfig(&kubeconfig);
     let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
     let ctl = start_controller_via(&platform.name, &platform.name, &[n], &log, Some(&kubeconfig));
 
@@ -116,13 +109,11 @@ async fn a_leader_cut_off_steps_down_before_another_takes_over() {
     let platform = TestNamespace::new(&client, "lease-cut-pf").await;
     let (n, p) = (ns.name.as_str(), platform.name.as_str());
     Helm::V3.ok(&["install", "app", &common::chart("many"), "-n", n, "--set", "apps=1"]);
-    kubectl(&["apply", "-f", &common::repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
+    common::apply_crds();
     apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: p, namespace: {n}}}\nspec: {{interval: 1h}}\n"));
 
     let kubeconfig = format!("{}/kubeconfig-{n}", std::env::temp_dir().display());
-    let (_, upstream) = kubeconfig_through(None, &kubeconfig);
-    let proxy = Arc::new(Proxy::start(upstream));
-    kubeconfig_through(Some(proxy.addr), &kubeconfig);
+    let proxy = proxied_kubeconfig(&kubeconfig);
     let tmp = std::env::temp_dir();
     let (log_a, log_b) = (format!("{}/replica-a-{n}.log", tmp.display()), format!("{}/replica-b-{n}.log", tmp.display()));
     let _a = common::start_controller_with(p, p, &[n], &log_a, Some(&kubeconfig), Some("replica-a"));

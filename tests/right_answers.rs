@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    ControllerProcess, Helm, TestNamespace, apply_yaml, check, condition, driftwatch, field, kubectl, not_in_sync, report, resource, start_controller,
-    wait_for, wait_for_controllers,
+    ControllerProcess, Helm, TestNamespace, apply_yaml, check, condition, drift_shape, driftwatch, field, kubectl, not_in_sync, report, resource,
+    start_controller, wait_for, wait_for_controllers,
 };
 use serde_json::Value;
 
@@ -200,10 +200,7 @@ async fn operations_are_not_drift(helm: Helm) {
     kubectl(&["rollout", "restart", "deployment/app-fullstack", "-n", n]);
     // Client-side apply of the object as it is: kubectl stamps last-applied-configuration.
     let cm = kubectl(&["get", "configmap/app-fullstack", "-n", n, "-o", "yaml"]);
-    let mut apply = Command::new("kubectl").args(["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    use std::io::Write as _;
-    apply.stdin.take().unwrap().write_all(cm.as_bytes()).unwrap();
-    assert!(apply.wait().unwrap().success(), "kubectl apply (client-side)");
+    common::kubectl_stdin(&["apply", "-f", "-"], &cm);
 
     let (code, r) = check("app", n, &[]);
     assert_eq!((code, &r["drifted"]), (0, &Value::Bool(false)), "actions are not drift: {:?}", not_in_sync(&r));
@@ -319,30 +316,8 @@ async fn check_policy_equals_the_report() {
     kubectl(&["label", "--overwrite", "service/app-fullstack", "-n", n, "app.kubernetes.io/version=0"]);
     kubectl(&["patch", "configmap/app-fullstack", "-n", n, "--type=json", "-p", r#"[{"op":"remove","path":"/data/greeting"}]"#]);
     let hotfix = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-fullstack\n  namespace: {n}\ndata:\n  extra: from-hotfix\n");
-    let mut apply = Command::new("kubectl")
-        .args(["apply", "--server-side", "--field-manager=hotfix", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    apply.stdin.take().unwrap().write_all(hotfix.as_bytes()).unwrap();
-    assert!(apply.wait().unwrap().success());
+    common::kubectl_stdin(&["apply", "--server-side", "--field-manager=hotfix", "-f", "-"], &hotfix);
 
-    let shape = |resources: &Value| -> Vec<String> {
-        let mut v: Vec<String> = resources
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["state"] != "InSync")
-            .map(|r| {
-                let fields: Vec<String> = r["fields"].as_array().map(|f| f.iter().map(|f| format!("{}:{}:{}", f["path"], f["change"], f["manager"])).collect()).unwrap_or_default();
-                format!("{} {} {} {:?}", r["kind"], r["name"], r["state"], fields)
-            })
-            .collect();
-        v.sort();
-        v
-    };
     let policy = format!("{n}/p");
     // Without --policy: the covering policy is named, and said not to be applied.
     let (_, plain) = check("app", n, &[]);
@@ -355,10 +330,10 @@ async fn check_policy_equals_the_report() {
     assert_eq!(with["policy"], serde_json::json!({"name": policy, "applied": true}));
     let got = wait_for("the report and `check --policy` to agree", 60, || {
         let r = report(n, "app")?;
-        (shape(&r["status"]["resources"]) == shape(&with["resources"]) && r["status"]["summary"] == with["summary"]).then_some(r)
+        (drift_shape(&r["status"]["resources"]) == drift_shape(&with["resources"]) && r["status"]["summary"] == with["summary"]).then_some(r)
     });
     assert_eq!(got["status"]["policy"], policy.as_str());
-    assert_ne!(shape(&plain["resources"]), shape(&with["resources"]), "the policy hid the scale and the hotfix");
+    assert_ne!(drift_shape(&plain["resources"]), drift_shape(&with["resources"]), "the policy hid the scale and the hotfix");
     // A policy that does not exist is an error, not a silent unfiltered check.
     let out = driftwatch(&["check", "app", "-n", n, "--policy", &format!("{n}/nope")]);
     assert_eq!(out.status.code(), Some(1));
@@ -400,15 +375,7 @@ async fn public_charts(helm: Helm) {
     kubectl(&["patch", d, "-n", n, "--type=json", "-p", r#"[{"op":"remove","path":"/spec/template/spec/containers/0/ports/2"}]"#]);
     kubectl(&["label", "--overwrite", "service/pi-podinfo", "-n", n, "app.kubernetes.io/version=hand"]);
     let hotfix = format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: pi-podinfo\n  namespace: {n}\nspec:\n  ports:\n  - name: http\n    port: 9898\n    targetPort: 9999\n    protocol: TCP\n");
-    let mut apply = Command::new("kubectl")
-        .args(["apply", "--server-side", "--field-manager=hotfix", "--force-conflicts", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    apply.stdin.take().unwrap().write_all(hotfix.as_bytes()).unwrap();
-    assert!(apply.wait().unwrap().success());
+    common::kubectl_stdin(&["apply", "--server-side", "--field-manager=hotfix", "--force-conflicts", "-f", "-"], &hotfix);
     let ksm_name = format!("{ksm}-kube-state-metrics");
     kubectl(&["patch", &format!("clusterrole/{ksm_name}"), "--type=json", "-p", r#"[{"op":"remove","path":"/rules/0"}]"#]);
     kubectl(&["delete", &format!("service/{ksm_name}"), "-n", n]);

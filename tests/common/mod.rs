@@ -227,7 +227,7 @@ pub fn start_controller_via(own_ns: &str, cluster_ns: &str, watch: &[&str], log:
 
 /// The same, as a replica with `--leader-elect` named `identity` when one is given.
 pub fn start_controller_with(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str, kubeconfig: Option<&str>, identity: Option<&str>) -> ControllerProcess {
-    kubectl(&["apply", "-f", &repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
+    apply_crds();
     let (metrics_port, health_port) = (free_port(), free_port());
     let log = std::fs::File::create(log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
@@ -271,10 +271,56 @@ pub fn drifted(r: &Value) -> Option<&str> {
 }
 
 pub fn apply_yaml(yaml: &str) {
-    let mut child = Command::new("kubectl").args(["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    kubectl_stdin(&["apply", "-f", "-"], yaml);
+}
+
+/// kubectl with `input` on its standard input (`apply -f -`, a server-side apply as some field
+/// manager, …); fails the test with kubectl's own words and the input when it fails.
+pub fn kubectl_stdin(args: &[&str], input: &str) {
     use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "kubectl apply:\n{yaml}");
+    let mut child = Command::new("kubectl").args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl {}: {}\n{input}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Installs (or updates) Driftwatch's CRDs.
+pub fn apply_crds() {
+    kubectl(&["apply", "-f", &repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
+}
+
+/// A controller's `/metrics` page.
+pub fn metrics_text(port: u16) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The value of the first series whose line starts with `line_prefix`.
+pub fn metric(port: u16, line_prefix: &str) -> Option<String> {
+    let body = metrics_text(port)?;
+    body.lines().find(|l| l.starts_with(line_prefix)).map(|l| l.rsplit(' ').next().unwrap().to_string())
+}
+
+/// The drifted objects of a report's `resources` (CLI JSON or DriftReport status), as sorted
+/// lines of kind, name, state and each field's path, change and manager: two reports with the
+/// same lines give the same answer.
+pub fn drift_shape(resources: &Value) -> Vec<String> {
+    let mut v: Vec<String> = resources
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] != "InSync")
+        .map(|r| {
+            let fields: Vec<String> = r["fields"].as_array().map(|f| f.iter().map(|f| format!("{}:{}:{}", f["path"], f["change"], f["manager"])).collect()).unwrap_or_default();
+            format!("{} {} {} {:?}", r["kind"], r["name"], r["state"], fields)
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 

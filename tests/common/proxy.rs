@@ -115,15 +115,14 @@ impl Drop for Proxy {
     }
 }
 
-/// A copy of `$KUBECONFIG` whose server is the proxy: (path of the copy, the API server's
-/// address).
-pub fn kubeconfig_through(proxy_addr: Option<SocketAddr>, path: &str) -> (String, SocketAddr) {
+/// A proxy in front of the API server of `$KUBECONFIG`, and at `path` a copy of that
+/// kubeconfig whose server is the proxy.
+pub fn proxied_kubeconfig(path: &str) -> std::sync::Arc<Proxy> {
     let original = std::fs::read_to_string(std::env::var("KUBECONFIG").expect("KUBECONFIG is set")).unwrap();
     let start = original.find("https://127.0.0.1:").expect("the local control plane's server URL") + "https://".len();
     let end = start + original[start..].find(|c: char| c == '"' || c.is_whitespace() || c == ',' || c == '}').unwrap();
     let upstream: SocketAddr = original[start..end].parse().unwrap();
-    if let Some(p) = proxy_addr {
-        std::fs::write(path, original.replacen(&original[start..end], &p.to_string(), 1)).unwrap();
-    }
-    (path.to_string(), upstream)
+    let proxy = Proxy::start(upstream);
+    std::fs::write(path, original.replacen(&original[start..end], &proxy.addr.to_string(), 1)).unwrap();
+    std::sync::Arc::new(proxy)
 }

@@ -15,7 +15,7 @@ use crate::report::{Finding, ObjectOperation, ResourceReport, Summary};
 pub const GROUP: &str = "driftwatch.io";
 
 /// Which releases a policy covers, and how it treats them.
-#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
     group = "driftwatch.io",
     version = "v1alpha1",
@@ -60,6 +60,13 @@ pub const DEFAULT_INTERVAL: &str = "5m";
 
 fn default_interval() -> String {
     DEFAULT_INTERVAL.into()
+}
+
+impl Default for DriftPolicySpec {
+    /// An empty spec, as the API server defaults it: the serde defaults are the only ones.
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("an empty spec takes every default")
+    }
 }
 
 impl DriftPolicySpec {

@@ -31,7 +31,7 @@ pub async fn load(client: &Client, namespace: &str) -> anyhow::Result<DigestKey>
             data: Some([(DATA_KEY.to_string(), ByteString(DigestKey::random_bytes()))].into()),
             ..secret
         };
-        match api.create(&PostParams { field_manager: Some(super::FIELD_MANAGER.into()), ..Default::default() }, &secret).await {
+        match api.create(&PostParams { field_manager: Some(super::writer::FIELD_MANAGER.into()), ..Default::default() }, &secret).await {
             Ok(_) => {
                 tracing::info!(namespace, secret = SECRET_NAME, "made the key of Secret digests");
                 continue; // read back what was stored

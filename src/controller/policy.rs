@@ -3,10 +3,100 @@
 //! policy; ties go to the alphabetically first `namespace/name`). Pure.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::api::DriftPolicy;
+use crate::api::{DriftPolicy, DriftPolicySpec, parse_duration};
+use crate::drift::IgnoreRules;
+
+/// A policy as the controller uses it, compiled once per change: durations parsed, ignore
+/// rules and selectors checked and compiled, and why it cannot be used if it cannot.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy {
+    pub policy: DriftPolicy,
+    /// `namespace/name`.
+    pub key: String,
+    /// `namespace/name@generation`: what a verdict was made under.
+    pub fingerprint: String,
+    pub interval: Duration,
+    pub heal_after: Duration,
+    pub ignore: IgnoreRules,
+    /// (reason, message) when the policy may not be used: it then covers no release.
+    pub problem: Option<(&'static str, String)>,
+}
+
+impl CompiledPolicy {
+    pub fn compile(tenancy: &Tenancy, policy: DriftPolicy) -> CompiledPolicy {
+        let key = policy_key(&policy);
+        let fingerprint = format!("{key}@{}", policy.metadata.generation.unwrap_or_default());
+        let spec = &policy.spec;
+        let ignore = IgnoreRules::compile(&spec.ignore);
+        let problem = problem(tenancy, &policy, ignore.as_ref().err());
+        CompiledPolicy {
+            key,
+            fingerprint,
+            interval: spec.interval(),
+            heal_after: spec.heal_after(),
+            ignore: ignore.unwrap_or_default(),
+            problem,
+            policy,
+        }
+    }
+
+    pub fn spec(&self) -> &DriftPolicySpec {
+        &self.policy.spec
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.policy.metadata.namespace.as_deref().unwrap_or_default()
+    }
+
+    pub fn usable(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// Why a policy cannot be used: (reason, message).
+fn problem(tenancy: &Tenancy, p: &DriftPolicy, ignore: Option<&crate::drift::ignore::InvalidRule>) -> Option<(&'static str, String)> {
+    if let Some(m) = tenancy.denial(p) {
+        return Some(("CrossNamespaceDenied", m));
+    }
+    if let Some(e) = ignore {
+        return Some(("InvalidPolicy", e.to_string()));
+    }
+    if let Some(e) = p.spec.release_selector.namespace_selector.as_ref().and_then(selector_problem) {
+        return Some(("InvalidPolicy", format!("releaseSelector.namespaceSelector: {e}")));
+    }
+    for (field, v) in [
+        ("interval", &p.spec.interval),
+        ("heal.after", &p.spec.heal.after),
+        ("health.pendingTimeout", &p.spec.health.pending_timeout),
+        ("health.staleAfter", &p.spec.health.stale_after),
+    ] {
+        if let Err(e) = parse_duration(v) {
+            return Some(("InvalidPolicy", format!("{field}: {e}")));
+        }
+    }
+    None
+}
+
+/// What [`winner`] chooses among: a policy as written, or compiled.
+pub trait Selecting {
+    fn policy(&self) -> &DriftPolicy;
+}
+
+impl Selecting for DriftPolicy {
+    fn policy(&self) -> &DriftPolicy {
+        self
+    }
+}
+
+impl Selecting for std::sync::Arc<CompiledPolicy> {
+    fn policy(&self) -> &DriftPolicy {
+        &self.policy
+    }
+}
 
 /// Where policies may select across namespaces.
 #[derive(Clone, Debug, Default)]
@@ -109,14 +199,12 @@ pub fn selector_problem(sel: &LabelSelector) -> Option<String> {
 }
 
 /// The winning policy among those that match: own namespace first, then `namespace/name` order.
-pub fn winner<'p>(tenancy: &Tenancy, policies: &'p [DriftPolicy], r: &ReleaseFacts) -> Option<&'p DriftPolicy> {
-    policies
-        .iter()
-        .filter(|p| policy_matches(tenancy, p, r))
-        .min_by_key(|p| {
-            let ns = p.metadata.namespace.clone().unwrap_or_default();
-            (ns != r.namespace, ns, p.metadata.name.clone().unwrap_or_default())
-        })
+pub fn winner<'p, P: Selecting>(tenancy: &Tenancy, policies: &'p [P], r: &ReleaseFacts) -> Option<&'p P> {
+    policies.iter().filter(|p| policy_matches(tenancy, p.policy(), r)).min_by_key(|p| {
+        let meta = &p.policy().metadata;
+        let ns = meta.namespace.clone().unwrap_or_default();
+        (ns != r.namespace, ns, meta.name.clone().unwrap_or_default())
+    })
 }
 
 pub fn policy_key(p: &DriftPolicy) -> String {
@@ -237,6 +325,52 @@ mod tests {
             let f = ReleaseFacts { namespace: "apps", name: "x", chart: None, labels: &e, namespace_labels: &l };
             assert_eq!(policy_matches(&t, &p, &f), want, "{sel} on {ns_labels:?}");
         }
+    }
+
+    #[test]
+    fn policies_compile_once_with_defaults_and_problems() {
+        let t = Tenancy { cluster_policy_namespaces: vec!["platform".into()] };
+        let mut p = policy("team-a", "p", ReleaseSelector::default());
+        p.metadata.generation = Some(3);
+        let c = CompiledPolicy::compile(&t, p.clone());
+        assert_eq!((c.key.as_str(), c.fingerprint.as_str()), ("team-a/p", "team-a/p@3"));
+        assert_eq!(c.interval, Duration::from_secs(300), "the CRD's default, 5m");
+        assert_eq!(c.heal_after, Duration::ZERO);
+        assert!(c.usable());
+        let with = |f: &dyn Fn(&mut DriftPolicy)| {
+            let mut q = p.clone();
+            f(&mut q);
+            CompiledPolicy::compile(&t, q).problem
+        };
+        assert_eq!(with(&|q| q.spec.interval = "90s".into()), None);
+        assert_eq!(CompiledPolicy::compile(&t, { let mut q = p.clone(); q.spec.interval = "90s".into(); q }).interval, Duration::from_secs(90));
+        let (reason, message) = with(&|q| q.spec.interval = "soon".into()).unwrap();
+        assert_eq!(reason, "InvalidPolicy");
+        assert!(message.starts_with("interval:"), "{message}");
+        assert!(with(&|q| q.spec.heal.after = "-1m".into()).unwrap().1.starts_with("heal.after:"));
+        assert!(with(&|q| q.spec.ignore = vec![Default::default()]).unwrap().1.contains("paths is empty"));
+        assert_eq!(with(&|q| q.spec.release_selector.namespaces = vec!["team-b".into()]).unwrap().0, "CrossNamespaceDenied");
+        let mut cluster = policy("platform", "c", ns_selector(serde_json::json!({"matchExpressions": [{"key": "env", "operator": "In", "values": []}]})));
+        cluster.metadata.generation = Some(1);
+        let (reason, message) = CompiledPolicy::compile(&t, cluster).problem.unwrap();
+        assert_eq!(reason, "InvalidPolicy");
+        assert!(message.starts_with("releaseSelector.namespaceSelector:"), "{message}");
+    }
+
+    #[test]
+    fn compiled_policies_are_chosen_like_written_ones() {
+        let t = Tenancy { cluster_policy_namespaces: vec!["platform".into()] };
+        let e = BTreeMap::new();
+        let ps: Vec<std::sync::Arc<CompiledPolicy>> = vec![
+            policy("platform", "b-cluster", ReleaseSelector::default()),
+            policy("platform", "a-cluster", ReleaseSelector::default()),
+            policy("team-a", "z-own", ReleaseSelector::default()),
+        ]
+        .into_iter()
+        .map(|p| std::sync::Arc::new(CompiledPolicy::compile(&t, p)))
+        .collect();
+        assert_eq!(winner(&t, &ps, &facts("team-a", "x", &e)).unwrap().key, "team-a/z-own");
+        assert_eq!(winner(&t, &ps, &facts("team-b", "x", &e)).unwrap().key, "platform/a-cluster");
     }
 
     #[test]

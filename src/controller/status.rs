@@ -5,10 +5,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::{Event, EventType};
 use serde_json::{Value, json};
 
-use super::policy::Tenancy;
-use crate::api::{DriftPolicy, DriftReportStatus, ReleaseInfo, parse_duration};
+use super::policy::CompiledPolicy;
+use crate::api::{DriftReportStatus, ReleaseInfo};
 use crate::report::ReleaseReport;
-use crate::drift::{IgnoreRules, ObjectState};
+use crate::drift::ObjectState;
 use crate::helm::{ReleaseHistory, ReleaseStatus};
 use crate::metrics::ReleaseSeries;
 
@@ -276,33 +276,10 @@ pub fn transition_event(previously_drifted: Option<bool>, b: &Built) -> Option<E
     }
 }
 
-/// Why a policy cannot be used: (reason, message).
-pub fn policy_problem(tenancy: &Tenancy, p: &DriftPolicy) -> Option<(&'static str, String)> {
-    if let Some(m) = tenancy.denial(p) {
-        return Some(("CrossNamespaceDenied", m));
-    }
-    if let Err(e) = IgnoreRules::compile(&p.spec.ignore) {
-        return Some(("InvalidPolicy", e.to_string()));
-    }
-    if let Some(e) = p.spec.release_selector.namespace_selector.as_ref().and_then(super::policy::selector_problem) {
-        return Some(("InvalidPolicy", format!("releaseSelector.namespaceSelector: {e}")));
-    }
-    for (field, v) in [
-        ("interval", &p.spec.interval),
-        ("heal.after", &p.spec.heal.after),
-        ("health.pendingTimeout", &p.spec.health.pending_timeout),
-        ("health.staleAfter", &p.spec.health.stale_after),
-    ] {
-        if let Err(e) = parse_duration(v) {
-            return Some(("InvalidPolicy", format!("{field}: {e}")));
-        }
-    }
-    None
-}
-
 /// A policy's status without times (the caller adds them when it writes).
-pub fn policy_status(tenancy: &Tenancy, p: &DriftPolicy, matched: usize, drifted: usize, unhealthy: usize) -> Value {
-    let (status, reason, message) = match policy_problem(tenancy, p) {
+pub fn policy_status(c: &CompiledPolicy, matched: usize, drifted: usize, unhealthy: usize) -> Value {
+    let p = &c.policy;
+    let (status, reason, message) = match c.problem.clone() {
         Some((reason, message)) => ("False", reason, message),
         None => ("True", "Active", format!("{matched} release(s) covered")),
     };
@@ -312,18 +289,17 @@ pub fn policy_status(tenancy: &Tenancy, p: &DriftPolicy, matched: usize, drifted
         "driftedReleases": drifted,
         "unhealthyReleases": unhealthy,
         "conditions": [{"type": "Ready", "status": status, "reason": reason, "message": message,
-                        "lastTransitionTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
                         "observedGeneration": p.metadata.generation}]
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::report::ResourceReport;
     use crate::helm::{Driver, RecordMeta};
 
-    fn history(status: ReleaseStatus) -> ReleaseHistory {
+    pub(crate) fn history(status: ReleaseStatus) -> ReleaseHistory {
         let rec = RecordMeta {
             driver: Driver::Secret,
             namespace: "prod".into(),
@@ -338,7 +314,7 @@ mod tests {
         ReleaseHistory { namespace: "prod".into(), name: "shop".into(), driver: Driver::Secret, revisions: vec![rec] }
     }
 
-    fn report(drifted: bool) -> ReleaseReport {
+    pub(crate) fn report(drifted: bool) -> ReleaseReport {
         let state = if drifted { ObjectState::Modified } else { ObjectState::InSync };
         let resources = vec![ResourceReport {
             api_version: "v1".into(),

@@ -56,6 +56,7 @@ pub struct InvalidRule {
     pub message: String,
 }
 
+#[derive(Clone, Debug)]
 struct CompiledTarget {
     group: Option<Regex>,
     version: Option<Regex>,
@@ -66,13 +67,14 @@ struct CompiledTarget {
     annotations: Option<Selector>,
 }
 
+#[derive(Clone, Debug)]
 struct CompiledRule {
     paths: Vec<String>,
     target: Option<CompiledTarget>,
 }
 
 /// Ignore rules, validated and compiled once.
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 pub struct IgnoreRules {
     rules: Vec<CompiledRule>,
 }

@@ -1,7 +1,13 @@
-//! Healing: putting back exactly what drifted, as Helm would. The planner is pure — from the
-//! desired object, the live object and the drifted fields, the JSON Patch operations that
-//! restore the manifest's values (each guarded by a `test` of the live value, so a concurrent
-//! change makes the heal fail instead of overwriting it) — and never deletes an object.
+//! Healing, decided here and pure end to end: the guardrails (`guard`: never while Helm holds
+//! the release's lock, not before `heal.after`, at most `heal.maxPerHour`), the planner
+//! (`plan`: which actions put back what drifted, and which paths are contested) and the JSON
+//! Patch it builds (each change guarded by a `test` of the live value, so a concurrent change
+//! makes the heal fail instead of overwriting it). Nothing here deletes an object. The reads
+//! and writes are `cluster::heal`'s; the controller carries data between them.
+
+pub mod plan;
+
+pub use plan::{Action, CONTEST_WINDOW, Found, HELM_MANAGER, HealState, Observed, Op, Outcome, Plan, Target, plan, record, settle_hint};
 
 use serde_json::{Value, json};
 

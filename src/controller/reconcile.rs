@@ -1,0 +1,380 @@
+//! One reconcile, carried: read what a decision needs (records, policies, namespace labels,
+//! the check's live reads), ask the pure parts ([`super::policy`], [`super::decide`],
+//! `heal`), and hand what they return to the writer. Nothing here decides on its own.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::Event;
+
+use super::decide::{self, Facts};
+use super::index::{Memo, ReleaseKey, Verdicts};
+use super::policy::{CompiledPolicy, ReleaseFacts, winner};
+use super::queue::Settled;
+use super::status::{self, HealView};
+use super::writer::{Sent, Write};
+use super::{Controller, Work};
+use crate::api::{DriftReport, Mode};
+use crate::check::{CheckSettings, check_release_cached};
+use crate::helm::{RecordMeta, ReleaseHistory, group_releases};
+use crate::report::{ReleaseReport, ResourceReport};
+
+/// A release's earlier verdicts, offered to a re-check for the objects the watches show
+/// unchanged.
+struct Prior<'a> {
+    ctl: &'a Controller,
+    resources: Vec<ResourceReport>,
+}
+
+impl crate::check::Reuse for Prior<'_> {
+    fn unchanged(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<ResourceReport> {
+        let ns = namespace.unwrap_or("");
+        let earlier = self.resources.iter().find(|r| r.api_version == api_version && r.kind == kind && r.namespace.as_deref().unwrap_or("") == ns && r.name == name)?;
+        let current = self.ctl.index().token(api_version, kind, ns, name)?;
+        (earlier.change_token.as_deref() == Some(current.as_str())).then(|| earlier.clone())
+    }
+}
+
+impl Controller {
+    pub(super) async fn reconcile(self: &Arc<Self>, w: &Work) -> Settled {
+        match w {
+            Work::All => {
+                self.reconcile_all().await;
+                Settled::Done
+            }
+            Work::Release(ns, name) => self.reconcile_release(&(ns.clone(), name.clone())).await,
+            Work::PolicyStatus => self.reconcile_policy_status().await,
+        }
+    }
+
+    /// Release records in scope: from the storage watches once they have listed, else listed.
+    async fn all_records(&self) -> Vec<RecordMeta> {
+        {
+            let index = self.index();
+            if index.records.ready() {
+                return index.records.all().into_iter().filter(|r| self.covers(&r.namespace)).collect();
+            }
+        }
+        let mut out = Vec::new();
+        for ns in self.namespaces() {
+            let listing = self.store.list(ns.as_deref()).await;
+            for e in &listing.errors {
+                tracing::warn!(error = %e, "cannot list release storage");
+            }
+            out.extend(listing.records);
+        }
+        out
+    }
+
+    /// One release's records: from the index once every storage watch has listed, else read
+    /// (None: the read failed).
+    async fn records_of(&self, key: &ReleaseKey) -> Option<Vec<RecordMeta>> {
+        let indexed = {
+            let index = self.index();
+            index.records.ready().then(|| index.records.of_release(&key.0, &key.1))
+        };
+        if indexed.is_some() {
+            return indexed;
+        }
+        let listing = self.store.list_release(&key.0, &key.1).await;
+        for e in &listing.errors {
+            tracing::warn!(namespace = key.0, release = key.1, error = %e, "cannot read release storage");
+        }
+        listing.errors.is_empty().then_some(listing.records)
+    }
+
+    /// Queues every release there is, and those whose report outlived them. After a start or
+    /// a leadership change, first reads what every report says (one LIST instead of a GET per
+    /// release).
+    async fn reconcile_all(self: &Arc<Self>) {
+        let releases: HashSet<ReleaseKey> = group_releases(self.all_records().await).into_iter().map(|h| (h.namespace, h.name)).collect();
+        let seed = !self.index().seeded;
+        let mut listed_all = true;
+        for ns in self.namespaces() {
+            let reports: Api<DriftReport> = match &ns {
+                Some(n) => Api::namespaced(self.client.clone(), n),
+                None => Api::all(self.client.clone()),
+            };
+            let keys: Vec<ReleaseKey> = if seed {
+                match reports.list(&ListParams::default().limit(500)).await {
+                    Ok(list) => {
+                        // More than a page: the rest are seeded one by one when checked.
+                        listed_all &= list.metadata.continue_.as_deref().is_none_or(str::is_empty);
+                        let mut index = self.index();
+                        list.items
+                            .into_iter()
+                            .map(|r| {
+                                let key = (r.metadata.namespace.clone().unwrap_or_default(), r.metadata.name.clone().unwrap_or_default());
+                                if let Some(st) = &r.status {
+                                    index.wrote(key.clone(), Memo::of_status(st), true);
+                                }
+                                key
+                            })
+                            .collect()
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list DriftReports");
+                        listed_all = false;
+                        Vec::new()
+                    }
+                }
+            } else {
+                match reports.list_metadata(&ListParams::default()).await {
+                    Ok(list) => list.items.into_iter().map(|r| (r.metadata.namespace.unwrap_or_default(), r.metadata.name.unwrap_or_default())).collect(),
+                    Err(_) => Vec::new(),
+                }
+            };
+            self.enqueue_releases(keys.into_iter().filter(|k| !releases.contains(k)));
+        }
+        if seed {
+            self.index().seeded = listed_all;
+        }
+        self.enqueue_releases(releases);
+        self.enqueue(Work::PolicyStatus);
+    }
+
+    /// The one policy for the whole reconcile, chosen with the chart known: from the last
+    /// verdict on the same revision (no read), else from the reference revision (decoded once,
+    /// cached, and used by the check). An unreadable record leaves the chart filter out.
+    async fn choose_policy(&self, key: &ReleaseKey, history: &ReleaseHistory, earlier: Option<&Verdicts>) -> Option<Arc<CompiledPolicy>> {
+        let policies: Vec<Arc<CompiledPolicy>> = self.policies.read().expect("policies").iter().filter(|p| p.usable()).cloned().collect();
+        let namespace_labels = if policies.iter().any(|p| p.spec().release_selector.namespace_selector.is_some()) {
+            let api: Api<Namespace> = Api::all(self.client.clone());
+            api.get_metadata_opt(&key.0).await.ok().flatten().and_then(|n| n.metadata.labels).unwrap_or_default()
+        } else {
+            BTreeMap::new()
+        };
+        let reference = history.reference().map(|r| r.revision).unwrap_or_default();
+        let chart = match earlier.filter(|v| v.revision == reference && !v.report.chart.is_empty()) {
+            Some(v) => Some(v.report.chart.clone()),
+            None => match history.reference() {
+                Some(record) => crate::check::decoded(&self.store, Some(&self.cache), record).await.ok().map(|d| d.release.chart.metadata.name.clone()),
+                None => None,
+            },
+        };
+        let labels = &history.latest().labels;
+        let facts = ReleaseFacts { namespace: &key.0, name: &key.1, chart: chart.as_deref(), labels, namespace_labels: &namespace_labels };
+        winner(&self.settings.tenancy, &policies, &facts).cloned()
+    }
+
+    /// Checks a release under its policy, reusing the earlier verdicts the watches vouch for.
+    async fn check(&self, history: &ReleaseHistory, policy: &CompiledPolicy, earlier: Option<Verdicts>) -> ReleaseReport {
+        let reference = history.reference().map(|r| r.revision).unwrap_or_default();
+        let latest = (history.latest().revision, history.latest().status.clone());
+        let earlier = earlier.filter(|v| v.revision == reference && v.policy == policy.fingerprint);
+        let unchanged = earlier.as_ref().filter(|v| v.latest == latest).and_then(|v| self.index().still_valid(v));
+        if let Some(report) = unchanged {
+            return report;
+        }
+        let prior = Prior { ctl: self, resources: earlier.map(|v| v.report.resources).unwrap_or_default() };
+        let settings = CheckSettings {
+            ignore: &policy.ignore,
+            ignore_managers: &policy.spec().ignore_managers,
+            operations_as_drift: policy.spec().operations_as_drift,
+            digest_key: Some(&self.digest_key),
+            confirm: true,
+            concurrency: crate::check::OBJECTS_AT_ONCE,
+            reuse: Some(&prior),
+        };
+        check_release_cached(&self.store, &self.resolver, Some(&self.cache), history, None, &settings).await
+    }
+
+    /// What was last written for a release: remembered, else (before the reports were listed)
+    /// read.
+    async fn previous(&self, key: &ReleaseKey) -> Option<Memo> {
+        let (known, seeded) = {
+            let index = self.index();
+            (index.written(key).cloned(), index.seeded)
+        };
+        if known.is_some() || seeded {
+            return known;
+        }
+        let api: Api<DriftReport> = Api::namespaced(self.client.clone(), &key.0);
+        api.get_opt(&key.1).await.ok().flatten()?.status.as_ref().map(Memo::of_status)
+    }
+
+    /// Checks one release and writes what changed. `Retry` when something failed on the way
+    /// that may work later (a read of storage or of live objects, a write).
+    async fn reconcile_release(self: &Arc<Self>, key: &ReleaseKey) -> Settled {
+        let Some(records) = self.records_of(key).await else { return Settled::Retry };
+        let Some(history) = group_releases(records).into_iter().next() else {
+            return self.drop_report(key, "the release is gone").await;
+        };
+        let earlier = self.index().take_verdicts(key);
+        let Some(policy) = self.choose_policy(key, &history, earlier.as_ref()).await else {
+            return self.drop_report(key, "no policy covers the release").await;
+        };
+        // Where each drift was first seen, whatever the revision or policy was then.
+        let seen_before: Vec<ResourceReport> = earlier.iter().flat_map(|v| v.report.resources.iter().filter(|r| r.seen.is_some()).cloned()).collect();
+        let started = Instant::now();
+        let mut report = self.check(&history, &policy, earlier).await;
+        self.metrics.check_duration.observe(started.elapsed().as_secs_f64());
+        let result = if report.error.is_some() { "error" } else if report.drifted { "drifted" } else { "in_sync" };
+        self.metrics.checks_total.with_label_values(&[result]).inc();
+        if report.error_kind == Some(crate::report::CheckErrorKind::Decode) {
+            self.metrics.decode_errors.inc();
+        }
+        for r in report.resources.iter().filter(|r| !r.kind.is_empty()) {
+            self.watch_kind(&r.api_version, &r.kind).await;
+        }
+        let previous = self.previous(key).await;
+        let now = jiff::Timestamp::now();
+        let written_before: Vec<ResourceReport> =
+            previous.as_ref().and_then(|m| m.status.full.get("resources")).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+        status::stamp_seen(&mut report, &[&seen_before, &written_before], now);
+        if report.error.is_none() {
+            let v = Verdicts { revision: report.revision, policy: policy.fingerprint.clone(), report: report.clone(), latest: (history.latest().revision, history.latest().status.clone()) };
+            self.index().keep_verdicts(key.clone(), v);
+        }
+        let (heal, heal_events) = if policy.spec().mode == Mode::Heal {
+            let (view, events) = self.heal(key, &history, &report, &policy, previous.as_ref(), now).await;
+            (Some(view), events)
+        } else {
+            self.heals.lock().expect("heals").remove(key);
+            (None, Vec::new())
+        };
+        let decision = decide::report(Facts { key, report: &report, history: &history, policy: &policy, previous: previous.as_ref(), heal: heal.as_ref(), heal_events, now });
+        self.metrics.set_release(&decision.built.series(&report));
+        if let Some(write) = decision.write {
+            match self.writer.send(&write).await {
+                Ok(Sent::Written) => {
+                    tracing::info!(namespace = key.0, release = key.1, drifted = decision.built.drifted, "DriftReport written");
+                    self.index().wrote(key.clone(), decision.memo, false);
+                    if decision.policy_counts_change {
+                        self.enqueue(Work::PolicyStatus);
+                    }
+                }
+                Ok(Sent::Dropped) => {}
+                Err(e) => {
+                    tracing::warn!(namespace = key.0, release = key.1, error = %e, "cannot write the DriftReport");
+                    return Settled::Retry;
+                }
+            }
+        }
+        if report.transient { Settled::Retry } else { Settled::Done }
+    }
+
+    /// The release is gone or uncovered: forget it and delete its report.
+    async fn drop_report(&self, key: &ReleaseKey, why: &'static str) -> Settled {
+        let had = self.index().forget(key);
+        self.heals.lock().expect("heals").remove(key);
+        self.cache.forget(&key.0, &key.1);
+        self.metrics.forget_release(&key.0, &key.1);
+        let delete = Write::DeleteReport { namespace: key.0.clone(), name: key.1.clone(), why };
+        if let Err(e) = self.writer.send(&delete).await {
+            tracing::warn!(namespace = key.0, release = key.1, error = %e, "cannot delete the DriftReport");
+            return Settled::Retry;
+        }
+        if had {
+            self.enqueue(Work::PolicyStatus);
+        }
+        Settled::Done
+    }
+
+    /// Heals a release under a `Heal` policy when the guardrails allow: the guard decides, the
+    /// heal reads the drifted objects afresh (`cluster::heal::observe`), the planner picks the
+    /// actions, the writer sends them. Returns what the report shows and the Events to publish.
+    async fn heal(
+        self: &Arc<Self>,
+        key: &ReleaseKey,
+        history: &ReleaseHistory,
+        report: &ReleaseReport,
+        policy: &CompiledPolicy,
+        previous: Option<&Memo>,
+        now: jiff::Timestamp,
+    ) -> (HealView, Vec<Event>) {
+        let mut st = self.heals.lock().expect("heals").remove(key).unwrap_or_default();
+        let mut events = Vec::new();
+        if report.drifted && report.error.is_none() && self.writer.leadership.leads() {
+            let spec = &policy.spec().heal;
+            let latest = history.latest();
+            let first_drift = previous
+                .and_then(|m| m.status.full.get("firstDriftTime").and_then(|v| v.as_str()).and_then(|t| t.parse::<jiff::Timestamp>().ok()))
+                .unwrap_or(now);
+            st.times.retain(|t| t.elapsed() < crate::heal::RATE_WINDOW);
+            let heals_last_hour: Vec<Duration> = st.times.iter().map(|t| t.elapsed()).collect();
+            let status = latest.status.to_string();
+            let facts = crate::heal::GuardFacts {
+                pending: latest.status.is_pending().then_some((latest.revision, status.as_str())),
+                age: Duration::from_millis((now.as_millisecond() - first_drift.as_millisecond()).max(0) as u64),
+                after: (spec.after.as_str(), policy.heal_after),
+                heals_last_hour: &heals_last_hour,
+                max_per_hour: spec.max_per_hour,
+            };
+            match crate::heal::guard(&facts) {
+                crate::heal::Guard::Wait { condition, recheck_in } => {
+                    st.condition = Some(condition);
+                    if let Some(delay) = recheck_in {
+                        self.enqueue_after(Work::Release(key.0.clone(), key.1.clone()), delay);
+                    }
+                }
+                crate::heal::Guard::Heal => {
+                    let decoded = match history.reference() {
+                        Some(r) => crate::check::decoded(&self.store, Some(&self.cache), r).await.ok(),
+                        None => None,
+                    };
+                    if let Some(decoded) = decoded {
+                        let compare = CheckSettings {
+                            ignore: &policy.ignore,
+                            ignore_managers: &policy.spec().ignore_managers,
+                            operations_as_drift: policy.spec().operations_as_drift,
+                            digest_key: None,
+                            confirm: false,
+                            concurrency: 1,
+                            reuse: None,
+                        };
+                        let observed = crate::cluster::heal::observe(&self.resolver, &decoded, report, &compare).await;
+                        let window = crate::heal::CONTEST_WINDOW.max(policy.heal_after);
+                        let mut plan = crate::heal::plan(observed, spec, decoded.release.apply_method, &mut st, window, Instant::now());
+                        let results = self.writer.heal(std::mem::take(&mut plan.actions)).await;
+                        let outcome = crate::heal::record(&mut st, plan, results, Instant::now(), now);
+                        for _ in &outcome.newly_contested {
+                            self.metrics.heals_total.with_label_values(&[&key.0, &key.1, "contested"]).inc();
+                        }
+                        if let Some(result) = outcome.result {
+                            self.metrics.heals_total.with_label_values(&[&key.0, &key.1, &result.to_lowercase()]).inc();
+                            // Look again at once: the report should show the result of the heal.
+                            self.enqueue(Work::Release(key.0.clone(), key.1.clone()));
+                        }
+                        events = outcome.events;
+                    }
+                }
+            }
+        }
+        st.show_contested();
+        let view = HealView { heals: st.total, last_heal: st.last.clone(), condition: st.condition.clone() };
+        self.heals.lock().expect("heals").insert(key.clone(), st);
+        (view, events)
+    }
+
+    /// Writes the status of the policies this controller answers for (with controllers split
+    /// by `--watch-namespaces`, each would otherwise overwrite the others' counts with its own).
+    async fn reconcile_policy_status(&self) -> Settled {
+        if !self.writer.leadership.leads() {
+            return Settled::Done;
+        }
+        let policies: Vec<Arc<CompiledPolicy>> = self.policies.read().expect("policies").iter().filter(|p| self.may_select(&p.policy)).cloned().collect();
+        let writes = {
+            let index = self.index();
+            let last = self.policy_written.lock().expect("policy status memo");
+            decide::policy_writes(&policies, index.all_written(), &last, jiff::Timestamp::now())
+        };
+        let mut settled = Settled::Done;
+        for (key, comparable, since, write) in writes {
+            match self.writer.send(&write).await {
+                Ok(Sent::Written) => {
+                    self.policy_written.lock().expect("policy status memo").insert(key, (comparable, since, Instant::now()));
+                }
+                Ok(Sent::Dropped) => {}
+                Err(e) => {
+                    tracing::warn!(policy = key, error = %e, "cannot write policy status");
+                    settled = Settled::Retry;
+                }
+            }
+        }
+        settled
+    }
+}

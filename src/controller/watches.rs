@@ -1,0 +1,139 @@
+//! What each watch does with a change: update the index (or the policies) and queue what the
+//! index says to re-check. One handler per watched type, all driven by [`super::watch::drive`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kube::Api;
+use kube::api::{DynamicObject, ObjectMeta};
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher;
+
+use super::index::{KindKey, helm_object};
+use super::policy::{CompiledPolicy, policy_key};
+use super::watch::{Change, drive};
+use super::{Controller, Work};
+use crate::api::DriftPolicy;
+use crate::helm::{Driver, RecordMeta};
+
+impl Controller {
+    /// DriftPolicies: compiled once per change; a spec change re-checks everything the policy
+    /// may select. `ready` is set once they are listed.
+    pub(super) async fn watch_policies(self: Arc<Self>, ready: Arc<AtomicBool>) {
+        let api: Api<DriftPolicy> = Api::all(self.client.clone());
+        let tenancy = self.settings.tenancy.clone();
+        let compile = |p: DriftPolicy| Arc::new(CompiledPolicy::compile(&tenancy, p));
+        drive("DriftPolicy", api, watcher::Config::default(), |change| match change {
+            Change::Listed { objects, .. } => {
+                *self.policies.write().expect("policies") = objects.into_iter().map(compile).collect();
+                ready.store(true, Ordering::SeqCst);
+                self.enqueue(Work::All);
+            }
+            Change::Applied(p) => {
+                let relevant = self.may_select(&p);
+                let mut ps = self.policies.write().expect("policies");
+                // A status write (ours) does not change the generation: nothing to re-check.
+                let spec_changed = ps.iter().find(|o| o.policy.metadata.uid == p.metadata.uid).is_none_or(|o| o.policy.metadata.generation != p.metadata.generation);
+                ps.retain(|o| o.policy.metadata.uid != p.metadata.uid);
+                ps.push(compile(p));
+                drop(ps);
+                if spec_changed && relevant {
+                    self.enqueue(Work::All);
+                }
+            }
+            Change::Deleted(p) => {
+                self.policies.write().expect("policies").retain(|o| o.policy.metadata.uid != p.metadata.uid);
+                self.policy_written.lock().expect("policy status memo").remove(&policy_key(&p));
+                if self.may_select(&p) {
+                    self.enqueue(Work::All);
+                }
+            }
+        })
+        .await
+    }
+
+    /// One driver's release records (metadata only): the record index, and a re-check of a
+    /// release when one of its records changes. A re-list after a broken watch re-checks only
+    /// the releases whose records changed meanwhile.
+    pub(super) async fn watch_records<K>(self: Arc<Self>, driver: Driver, ns: Option<String>, config: watcher::Config)
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let api: Api<PartialObjectMeta<K>> = match &ns {
+            Some(n) => Api::namespaced(self.client.clone(), n),
+            None => Api::all(self.client.clone()),
+        };
+        let secret_type = (driver == Driver::Secret).then_some(crate::helm::records::SECRET_TYPE);
+        let meta = |o: &PartialObjectMeta<K>| RecordMeta::from_metadata(driver, &o.metadata, secret_type).ok();
+        drive("release records", api, config, |change| match change {
+            Change::Listed { objects, first } => {
+                let mut index = self.index();
+                let changed = index.records.reset(driver, ns.as_deref(), objects.iter().filter_map(meta).collect());
+                if first {
+                    index.records.listed += 1;
+                } else {
+                    drop(index);
+                    self.enqueue_releases(changed);
+                }
+            }
+            Change::Applied(o) => {
+                if let Some(r) = meta(&o) {
+                    let key = self.index().records.apply(r);
+                    self.enqueue_releases([key]);
+                }
+            }
+            Change::Deleted(o) => {
+                if let Some(r) = meta(&o) {
+                    let key = self.index().records.delete(&r);
+                    self.enqueue_releases([key]);
+                } else if let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.metadata.labels.as_ref().and_then(|l| l.get("name")).cloned()) {
+                    self.enqueue(Work::Release(ns, name));
+                }
+            }
+        })
+        .await
+    }
+
+    /// Starts watching a kind's live objects (metadata only), once per kind, so a change
+    /// re-checks its release.
+    pub(super) async fn watch_kind(self: &Arc<Self>, api_version: &str, kind: &str) {
+        let kind: KindKey = (api_version.to_string(), kind.to_string());
+        if !self.watched_kinds.lock().expect("watched kinds").insert(kind.clone()) {
+            return;
+        }
+        let Ok(resolved) = self.resolver.resolve(&kind.0, &kind.1).await else { return };
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(me.client.clone(), &resolved.resource);
+            let id = |m: &ObjectMeta| Some((m.namespace.clone().unwrap_or_default(), m.name.clone()?));
+            // Objects of this kind counted into the gauge; a re-list replaces the count.
+            let mut counted = 0f64;
+            drive(&kind.1.clone(), api, watcher::Config::default(), |change| match change {
+                Change::Listed { objects, .. } => {
+                    let n = objects.len() as f64;
+                    me.metrics.watched_objects.add(n - counted);
+                    counted = n;
+                    let listing = objects.iter().filter_map(|o| helm_object(&kind, &o.metadata)).collect();
+                    let stale = me.index().live_listed(&kind, listing);
+                    me.enqueue_releases(stale);
+                }
+                Change::Applied(o) => {
+                    let Some(id) = id(&o.metadata) else { return };
+                    let helm = helm_object(&kind, &o.metadata).map(|(_, token, release)| (token, release));
+                    let changed = me.index().live_applied(&kind, id.clone(), helm);
+                    if let Some(release) = changed {
+                        tracing::debug!(kind = kind.1, namespace = id.0, name = id.1, "object changed");
+                        me.enqueue_releases([release]);
+                    }
+                }
+                Change::Deleted(o) => {
+                    let Some(id) = id(&o.metadata) else { return };
+                    let release = helm_object(&kind, &o.metadata).map(|(_, _, r)| r);
+                    let release = me.index().live_deleted(&kind, &id, release);
+                    me.enqueue_releases(release);
+                }
+            })
+            .await
+        });
+    }
+}

@@ -1,0 +1,209 @@
+//! The one writer: the only code that sends report and policy status, Events, report deletes
+//! and heal actions, and the one place that drops them when this replica does not lead. Every
+//! replica watches and checks; only the lease holder writes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, Recorder};
+use kube::{Client, Resource as _};
+use serde_json::{Value, json};
+
+use crate::api::{DriftPolicy, DriftReport};
+use crate::heal::Action;
+
+pub const FIELD_MANAGER: &str = "driftwatch.io/controller";
+
+/// A write the reconcile decided on.
+pub enum Write {
+    /// A report's status (server-side apply; the report is made first when it does not
+    /// `exist`), then `events` about it.
+    Report { namespace: String, name: String, status: Value, exists: bool, events: Vec<Event> },
+    DeleteReport { namespace: String, name: String, why: &'static str },
+    PolicyStatus { namespace: String, name: String, status: Value },
+    Heal(Action),
+}
+
+impl std::fmt::Debug for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Write::Report { namespace, name, exists, events, .. } => {
+                let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+                write!(f, "Report({namespace}/{name}, exists: {exists}, events: {reasons:?})")
+            }
+            Write::DeleteReport { namespace, name, why } => write!(f, "DeleteReport({namespace}/{name}: {why})"),
+            Write::PolicyStatus { namespace, name, .. } => write!(f, "PolicyStatus({namespace}/{name})"),
+            Write::Heal(a) => write!(f, "Heal({}: {:?})", a.object, a.op),
+        }
+    }
+}
+
+/// What became of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    Written,
+    /// Not the leader: nothing was sent.
+    Dropped,
+}
+
+/// Whether this replica leads (always, without leader election).
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    elect: bool,
+    held: Arc<AtomicBool>,
+}
+
+impl Leadership {
+    pub fn new(elect: bool) -> Self {
+        Leadership { elect, held: Arc::new(AtomicBool::new(false)) }
+    }
+
+    pub fn leads(&self) -> bool {
+        !self.elect || self.held.load(Ordering::SeqCst)
+    }
+
+    /// The flag the lease loop sets.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.held.clone()
+    }
+
+    pub fn step_down(&self) {
+        self.held.store(false, Ordering::SeqCst);
+    }
+}
+
+pub struct Writer {
+    client: Client,
+    recorder: Recorder,
+    pub leadership: Leadership,
+}
+
+impl Writer {
+    pub fn new(client: Client, recorder: Recorder, leadership: Leadership) -> Self {
+        Writer { client, recorder, leadership }
+    }
+
+    /// Sends one write, if this replica leads.
+    pub async fn send(&self, w: &Write) -> Result<Sent, kube::Error> {
+        if !self.leadership.leads() {
+            return Ok(Sent::Dropped);
+        }
+        match w {
+            Write::Report { namespace, name, status, exists, events } => {
+                let reference = self.write_report(namespace, name, status, *exists).await?;
+                for ev in events {
+                    if let Err(e) = self.recorder.publish(ev, &reference).await {
+                        tracing::warn!(namespace, release = name, reason = ev.reason, error = %e, "cannot publish the Event");
+                    }
+                }
+            }
+            Write::DeleteReport { namespace, name, why } => {
+                let api: Api<DriftReport> = Api::namespaced(self.client.clone(), namespace);
+                match api.delete(name, &DeleteParams::default()).await {
+                    Ok(_) => tracing::info!(namespace, release = name, why, "DriftReport deleted"),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Write::PolicyStatus { namespace, name, status } => {
+                let api: Api<DriftPolicy> = Api::namespaced(self.client.clone(), namespace);
+                let body = json!({"apiVersion": "driftwatch.io/v1alpha1", "kind": "DriftPolicy", "status": status});
+                api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+            }
+            Write::Heal(action) => crate::cluster::heal::execute(&self.client, action).await?,
+        }
+        Ok(Sent::Written)
+    }
+
+    /// Runs a heal's actions, each with its error; none when this replica does not lead.
+    pub async fn heal(&self, actions: Vec<Action>) -> Vec<(Action, Result<(), String>)> {
+        let mut out = Vec::new();
+        for a in actions {
+            let w = Write::Heal(a);
+            let result = self.send(&w).await;
+            let Write::Heal(a) = w else { unreachable!() };
+            match result {
+                Ok(Sent::Written) => out.push((a, Ok(()))),
+                Ok(Sent::Dropped) => {}
+                Err(e) => out.push((a, Err(e.to_string()))),
+            }
+        }
+        out
+    }
+
+    /// Writes a report's status (server-side apply). A report known to exist gets one request
+    /// (the status); a new one two (the object, then its status).
+    async fn write_report(&self, ns: &str, name: &str, status: &Value, exists: bool) -> Result<k8s_openapi::api::core::v1::ObjectReference, kube::Error> {
+        let api: Api<DriftReport> = Api::namespaced(self.client.clone(), ns);
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let body = json!({"apiVersion": "driftwatch.io/v1alpha1", "kind": "DriftReport", "status": status});
+        if exists {
+            match api.patch_status(name, &pp, &Patch::Apply(&body)).await {
+                Ok(obj) => return Ok(obj.object_ref(&())),
+                // Deleted by someone: made again below.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        api.patch(name, &pp, &Patch::Apply(json!({
+            "apiVersion": "driftwatch.io/v1alpha1", "kind": "DriftReport",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "driftwatch"}},
+            "spec": {}
+        })))
+        .await?;
+        let obj = api.patch_status(name, &pp, &Patch::Apply(&body)).await?;
+        Ok(obj.object_ref(&()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::events::Reporter;
+
+    /// A client whose every request fails at once (nothing listens on port 1): a write that
+    /// reached it would be an error, not `Dropped`.
+    fn unreachable_client() -> Client {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        Client::try_from(config).unwrap()
+    }
+
+    fn writes() -> Vec<Write> {
+        let target = crate::heal::Target { resource: kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()), namespace: Some("a".into()), name: "c".into() };
+        vec![
+            Write::Report { namespace: "a".into(), name: "r".into(), status: json!({}), exists: true, events: vec![] },
+            Write::DeleteReport { namespace: "a".into(), name: "r".into(), why: "the release is gone" },
+            Write::PolicyStatus { namespace: "a".into(), name: "p".into(), status: json!({}) },
+            Write::Heal(Action { object: "ConfigMap/c".into(), target, op: crate::heal::Op::Apply(json!({})), paths: vec![] }),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_does_not_lead_sends_nothing() {
+        let client = unreachable_client();
+        let recorder = Recorder::new(client.clone(), Reporter { controller: "test".into(), instance: None });
+        let leadership = Leadership::new(true);
+        let writer = Writer::new(client, recorder, leadership.clone());
+        for w in writes() {
+            assert_eq!(writer.send(&w).await.unwrap(), Sent::Dropped, "{w:?}");
+        }
+        let Write::Heal(action) = writes().pop().unwrap() else { unreachable!() };
+        assert!(writer.heal(vec![action.clone()]).await.is_empty(), "a heal that was not sent has no result");
+        // Leading: every write is sent (and here fails, nothing listening).
+        leadership.flag().store(true, Ordering::SeqCst);
+        for w in writes() {
+            assert!(writer.send(&w).await.is_err(), "{w:?}");
+        }
+        assert!(writer.heal(vec![action.clone()]).await[0].1.is_err());
+        // Stepping down closes the gate again.
+        leadership.step_down();
+        assert_eq!(writer.send(&writes()[0]).await.unwrap(), Sent::Dropped);
+    }
+
+    #[tokio::test]
+    async fn without_leader_election_every_replica_writes() {
+        assert!(Leadership::new(false).leads());
+        assert!(!Leadership::new(true).leads());
+    }
+}

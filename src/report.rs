@@ -162,3 +162,37 @@ pub enum CheckErrorKind {
     /// The record could not be read (the API server did not answer, or refused).
     Read,
 }
+
+impl CheckErrorKind {
+    /// The reason of the report's `Ready=False` and `Drifted=Unknown` conditions and of the
+    /// Warning Event when a release turns uncheckable.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CheckErrorKind::NoReference => "NoDeployedRevision",
+            CheckErrorKind::Decode => "RecordCorrupt",
+            CheckErrorKind::Read => "RecordUnreadable",
+        }
+    }
+
+    /// The `result` label of `driftwatch_checks_total`.
+    pub fn result(self) -> &'static str {
+        match self {
+            CheckErrorKind::NoReference => "no_reference",
+            CheckErrorKind::Decode => "decode_error",
+            CheckErrorKind::Read => "read_error",
+        }
+    }
+}
+
+impl ReleaseReport {
+    /// The `result` label of `driftwatch_checks_total` for this check: `in_sync`, `drifted`,
+    /// or why it could not run.
+    pub fn result(&self) -> &'static str {
+        match (self.error_kind, self.error.is_some(), self.drifted) {
+            (Some(kind), _, _) => kind.result(),
+            (None, true, _) => "error",
+            (None, false, true) => "drifted",
+            (None, false, false) => "in_sync",
+        }
+    }
+}

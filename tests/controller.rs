@@ -158,7 +158,7 @@ async fn bad_input_becomes_conditions() {
     common::write_record(&client, n, "broken", "not base64 at all!".into()).await;
     Helm::V3.ok(&["install", "good", &common::chart("fullstack"), "-n", n, "--set", "widget.enabled=false"]);
     let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
-    let _ctl = start_controller(&platform.name, &platform.name, &[n], &log);
+    let ctl = start_controller(&platform.name, &platform.name, &[n], &log);
     // An invalid policy first (alphabetically first, so it would win were it used).
     apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: a-invalid, namespace: {n}}}\nspec:\n  ignore:\n  - paths: [spec/replicas]\n"));
     apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: b-valid, namespace: {n}}}\nspec: {{interval: 1m}}\n"));
@@ -172,9 +172,12 @@ async fn bad_input_becomes_conditions() {
 
     let broken = wait_for("the corrupt release's report", 60, || report(n, "broken").filter(|r| condition(r, "Ready").is_some()));
     let ready = condition(&broken, "Ready").unwrap();
-    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("CheckFailed")));
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("RecordCorrupt")));
     assert!(ready["message"].as_str().unwrap().contains("not valid base64"), "{ready}");
     assert_eq!(broken["status"]["drift"], "Unknown");
+    // The error's kind is the Event's reason and the checks' result label, once per turn.
+    wait_for("a RecordCorrupt Event", 30, || (events(n, "RecordCorrupt") >= 1).then_some(()));
+    assert!(metric(ctl.metrics_port, "driftwatch_checks_total{result=\"decode_error\"}").is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
 
     let odd = wait_for("the odd release's report", 60, || report(n, "odd").filter(|r| condition(r, "Ready").is_some()));
     assert_eq!(odd["status"]["policy"], format!("{n}/b-valid"), "the invalid policy is not used");

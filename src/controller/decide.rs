@@ -59,6 +59,12 @@ pub fn report(f: Facts) -> Decision {
     let stale = f.previous.is_none_or(|m| m.written_at.elapsed() >= refresh_period(f.key, f.policy.interval));
     let mut events = f.heal_events;
     events.extend(status::transition_event(f.previous.map(|m| m.drifted), &built));
+    // A release that turns uncheckable (or uncheckable for another reason) says why, once.
+    if let (Some(kind), Some(message)) = (f.report.error_kind, &f.report.error)
+        && f.previous.and_then(|m| m.status.not_ready_reason()).as_deref() != Some(kind.reason())
+    {
+        events.push(Event { type_: EventType::Warning, reason: kind.reason().into(), note: Some(message.clone()), action: "Check".into(), secondary: None });
+    }
     if built.unhealthy && f.previous.is_none_or(|m| !m.unhealthy) {
         events.push(Event { type_: EventType::Warning, reason: "ReleaseUnhealthy".into(), note: Some(built.health_message.clone()), action: "Check".into(), secondary: None });
     }
@@ -121,6 +127,7 @@ mod tests {
     use crate::controller::policy::Tenancy;
     use crate::controller::status::tests::{history, report as checked};
     use crate::helm::ReleaseStatus;
+    use crate::report::CheckErrorKind;
 
     fn policy(ns: &str, name: &str) -> CompiledPolicy {
         let mut p = DriftPolicy::new(name, DriftPolicySpec::default());
@@ -176,10 +183,22 @@ mod tests {
     }
 
     #[test]
-    fn a_release_turning_unhealthy_says_so_once() {
+    fn a_release_turning_unhealthy_or_uncheckable_says_so_once() {
         let failed = decide(&checked(false), None, ReleaseStatus::Failed);
         assert_eq!(reasons(&failed), vec!["ReleaseUnhealthy"]);
         assert!(reasons(&decide(&checked(false), Some(&failed.memo), ReleaseStatus::Failed)).is_empty());
+        let mut broken = checked(false);
+        broken.error = Some("record sh.helm.release.v1.shop.v2: not valid base64".into());
+        broken.error_kind = Some(CheckErrorKind::Decode);
+        let first = decide(&broken, None, ReleaseStatus::Deployed);
+        assert_eq!(reasons(&first), vec!["RecordCorrupt"]);
+        let ready = first.memo.status.full["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+        assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("RecordCorrupt")));
+        assert!(decide(&broken, Some(&first.memo), ReleaseStatus::Deployed).write.is_none(), "the same failure again: nothing new");
+        broken.error_kind = Some(CheckErrorKind::Read);
+        assert_eq!(reasons(&decide(&broken, Some(&first.memo), ReleaseStatus::Deployed)), vec!["RecordUnreadable"]);
+        assert_eq!(broken.result(), "read_error");
+        assert_eq!((checked(true).result(), checked(false).result()), ("drifted", "in_sync"));
     }
 
     #[test]

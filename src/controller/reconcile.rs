@@ -212,8 +212,7 @@ impl Controller {
         let started = Instant::now();
         let mut report = self.check(&history, &policy, earlier).await;
         self.metrics.check_duration.observe(started.elapsed().as_secs_f64());
-        let result = if report.error.is_some() { "error" } else if report.drifted { "drifted" } else { "in_sync" };
-        self.metrics.checks_total.with_label_values(&[result]).inc();
+        self.metrics.checks_total.with_label_values(&[report.result()]).inc();
         if report.error_kind == Some(crate::report::CheckErrorKind::Decode) {
             self.metrics.decode_errors.inc();
         }

@@ -33,6 +33,11 @@ impl Written {
         Written { comparable, full }
     }
 
+    /// The reason of the `Ready` condition when it is `False` (why the last check could not run).
+    pub fn not_ready_reason(&self) -> Option<String> {
+        self.condition("Ready").filter(|c| c.status == "False").map(|c| c.reason)
+    }
+
     fn condition(&self, type_: &str) -> Option<Condition> {
         self.full.get("conditions")?.as_array()?.iter().find(|c| c["type"] == type_).and_then(|c| serde_json::from_value(c.clone()).ok())
     }
@@ -118,8 +123,9 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
     let mut conditions = Vec::new();
     match &r.error {
         Some(e) => {
-            conditions.push(condition(previous, "Drifted", "Unknown", "CheckFailed", e.clone(), now));
-            conditions.push(condition(previous, "Ready", "False", "CheckFailed", e.clone(), now));
+            let reason = r.error_kind.map_or("CheckFailed", |k| k.reason());
+            conditions.push(condition(previous, "Drifted", "Unknown", reason, e.clone(), now));
+            conditions.push(condition(previous, "Ready", "False", reason, e.clone(), now));
         }
         None => {
             let reason = if !drifted {

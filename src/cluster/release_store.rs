@@ -43,7 +43,7 @@ impl StorageError {
     /// record stays so).
     pub fn is_transient(&self) -> bool {
         match self {
-            StorageError::List { source, .. } | StorageError::Get { source, .. } => !matches!(source, kube::Error::Api(s) if s.code == 404 || s.code == 403),
+            StorageError::List { source, .. } | StorageError::Get { source, .. } => super::is_transient(source),
             _ => false,
         }
     }

@@ -37,13 +37,16 @@ pub enum ResolveError {
     NotServed { api_version: String, kind: String },
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The API server answered no, for good (an invalid request, say).
+    #[error("{0}")]
+    Refused(String),
+    /// The API server did not answer, or answered that it could not yet.
     #[error("{0}")]
     Api(String),
 }
 
 impl ResolveError {
-    /// Whether asking again may give another answer (the API server did not answer; not a
-    /// kind it does not serve, not a refusal).
+    /// Whether asking again may give another answer (see [`super::is_transient`]).
     pub fn is_transient(&self) -> bool {
         matches!(self, ResolveError::Api(_))
     }
@@ -52,7 +55,8 @@ impl ResolveError {
 fn api_error(e: kube::Error) -> ResolveError {
     match e {
         kube::Error::Api(s) if s.code == 403 => ResolveError::Forbidden(s.message.clone()),
-        other => ResolveError::Api(other.to_string()),
+        other if super::is_transient(&other) => ResolveError::Api(other.to_string()),
+        other => ResolveError::Refused(other.to_string()),
     }
 }
 
@@ -195,7 +199,7 @@ impl Resolver {
 
     /// A JSON document of the API server: `Ok(None)` when it does not exist (404).
     async fn get_json(&self, url: &str) -> Result<Option<Value>, ResolveError> {
-        let req = http::Request::get(url).body(Vec::new()).map_err(|e| ResolveError::Api(e.to_string()))?;
+        let req = http::Request::get(url).body(Vec::new()).map_err(|e| ResolveError::Refused(e.to_string()))?;
         match self.client.request::<Value>(req).await {
             Ok(v) => Ok(Some(v)),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),

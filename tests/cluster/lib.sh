@@ -12,6 +12,7 @@ HELM3_BIN=$TOOLS_ROOT/helm-$HELM3_VERSION
 HELM4_BIN=$TOOLS_ROOT/helm-$HELM4_VERSION
 HELM_DIFF_DIR=$TOOLS_ROOT/helm-diff-$HELM_DIFF_VERSION
 HELM_PLUGINS_DIR=$HELM_DIFF_DIR/plugins
+IMAGES_DIR=$TOOLS_ROOT/images-$IMAGES_VERSION
 
 # Runtime state of one local control plane (pid files, certs, data, logs, kubeconfig).
 STATE_DIR=${DRIFTWATCH_CLUSTER_DIR:-${TMPDIR:-/tmp}/driftwatch-cluster}
@@ -22,6 +23,22 @@ ETCD_CLIENT_PORT=$((PORT_BASE + 1))
 ETCD_PEER_PORT=$((PORT_BASE + 2))
 APISERVER_PORT=$((PORT_BASE + 3))
 KCM_PORT=$((PORT_BASE + 4))
+
+# The node (containerd, kubelet, kube-scheduler), when DRIFTWATCH_NODE=1. Each control plane
+# gets its own bridge, pod subnet, cgroup and ports from its port base, so several can run.
+NODE=${DRIFTWATCH_NODE:-0}
+NODE_NAME=driftwatch-node
+KUBELET_PORT=$((PORT_BASE + 5))
+KUBELET_HEALTHZ_PORT=$((PORT_BASE + 6))
+SCHEDULER_PORT=$((PORT_BASE + 7))
+NET_INDEX=$(( (PORT_BASE / 100) % 256 ))
+POD_SUBNET=10.200.$NET_INDEX.0/24
+NODE_IP=10.200.$NET_INDEX.1          # the bridge's own address: local to this machine
+BRIDGE=dw$PORT_BASE
+CGROUP_NAME=driftwatch-$PORT_BASE
+# Kernel settings the kubelet changes; saved by the first node up, put back by the last down.
+NODES_RUN_DIR=/run/driftwatch-nodes
+KUBELET_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
 
 export GOWORK=off GOTOOLCHAIN=local
 

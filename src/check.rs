@@ -242,10 +242,17 @@ pub async fn check_release_cached(
         });
     }
     let namespace = release.namespace.clone();
+    // While Helm holds the release's lock (the newest revision is pending-*), it is moving the
+    // objects from the reference revision to that one: a live value of the pending revision is
+    // Helm's work in progress, not drift. An unreadable pending record leaves the rule out.
+    let in_flight = match (revision, latest.status.is_pending() && latest.revision != record.revision) {
+        (None, true) => decoded_uncached(store, latest).await.ok().map(|d| InFlight { revision: latest.revision, status: latest.status.to_string(), decoded: d }),
+        _ => None,
+    };
     // The futures are made first, so that the stream holds no closure over borrowed items
     // (which would keep the whole check from being spawned on another task).
     let deployed_at = release.info.last_deployed;
-    let pending: Vec<_> = split.objects.iter().map(|o| check_object(resolver, o, &namespace, deployed_at, settings)).collect();
+    let pending: Vec<_> = split.objects.iter().map(|o| check_object(resolver, o, &namespace, deployed_at, in_flight.as_ref(), settings)).collect();
     let checked: Vec<(ResourceReport, usize)> = futures::stream::iter(pending).buffered(settings.concurrency.max(1)).collect().await;
     for (r, confirmed_away) in checked {
         report.confirmed_away += confirmed_away;
@@ -257,11 +264,30 @@ pub async fn check_release_cached(
     report
 }
 
+/// The pending revision Helm is applying, while it holds the release's lock.
+struct InFlight {
+    revision: u32,
+    status: String,
+    decoded: std::sync::Arc<DecodedRelease>,
+}
+
+impl InFlight {
+    fn object(&self, o: &DesiredObject) -> Option<&DesiredObject> {
+        self.decoded.split.objects.iter().find(|p| p.api_version == o.api_version && p.kind == o.kind && p.name == o.name && p.namespace == o.namespace)
+    }
+}
+
+/// A revision decoded without the cache (which keeps the reference revision of each release).
+async fn decoded_uncached(store: &ReleaseStore, record: &crate::helm::RecordMeta) -> Result<std::sync::Arc<DecodedRelease>, FetchError> {
+    decoded(store, None, record).await
+}
+
 async fn check_object(
     resolver: &Resolver,
     o: &DesiredObject,
     release_ns: &str,
     deployed_at: Option<jiff::Timestamp>,
+    in_flight: Option<&InFlight>,
     settings: &CheckSettings<'_>,
 ) -> (ResourceReport, usize) {
     let mut report = ResourceReport {
@@ -295,6 +321,11 @@ async fn check_object(
         Ok(Some(l)) => l,
         Ok(None) => {
             report.state = ObjectState::Missing;
+            if let Some(p) = in_flight.filter(|p| p.object(o).is_none()) {
+                // The pending revision drops it: Helm deletes it as part of the change.
+                report.state = ObjectState::InSync;
+                report.message = Some(format!("revision {} ({}) removes it", p.revision, p.status));
+            }
             return (report, 0);
         }
         Err(e) => {
@@ -325,6 +356,25 @@ async fn check_object(
             }
             Err(e) => {
                 report.message = Some(format!("not confirmed by a server-side dry-run ({e}); this is the local comparison's verdict"));
+            }
+        }
+    }
+    if let Some(p) = in_flight.filter(|_| !fields.is_empty()) {
+        // Drift is what differs from both revisions: the reference's, and the one Helm is
+        // applying (an object the pending revision drops keeps its verdict until it is gone).
+        if let Some(next) = p.object(o) {
+            if let Ok((toward, _)) = compare_live(resolver, next, ns.as_deref(), &live, deployed_at, settings).await {
+                let before = fields.len();
+                fields.retain(|f| toward.fields.iter().any(|t| t.locator == f.locator && t.change == f.change));
+                state = ObjectState::of_fields(&fields);
+                if fields.len() < before {
+                    report.message = Some(format!(
+                        "revision {} is {}: {} field(s) already as it sets them are Helm's work in progress, not drift",
+                        p.revision,
+                        p.status,
+                        before - fields.len()
+                    ));
+                }
             }
         }
     }

@@ -196,12 +196,13 @@ impl Index {
     /// An object was written. Helm's (`helm` is its [`helm_object`]): its release is re-checked
     /// when its change token moved (a status update changes nothing a manifest says). Not (or no
     /// longer) stamped by Helm: forgotten, no longer vouched for by the index.
-    pub fn live_applied(&mut self, kind: &KindKey, id: ObjectId, helm: Option<(String, ReleaseKey)>) -> Option<ReleaseKey> {
+    /// Returns the release with the token the index had before (None: none).
+    pub fn live_applied(&mut self, kind: &KindKey, id: ObjectId, helm: Option<(String, ReleaseKey)>) -> Option<(ReleaseKey, Option<String>)> {
         let objects = &mut self.live.entry(kind.clone()).or_default().objects;
         match helm {
             Some((token, release)) => {
-                let before = objects.insert(id, (token.clone(), release.clone()));
-                (before.map(|(t, _)| t).as_deref() != Some(token.as_str())).then_some(release)
+                let before = objects.insert(id, (token.clone(), release.clone())).map(|(t, _)| t);
+                (before.as_deref() != Some(token.as_str())).then_some((release, before))
             }
             None => {
                 objects.remove(&id);
@@ -360,7 +361,7 @@ mod tests {
         assert!(index.live_listed(&kind, vec![(id.clone(), "t1".into(), key("shop", "web"))]).is_empty(), "nothing checked yet");
         assert_eq!(index.token("apps/v1", "Deployment", "shop", "web").as_deref(), Some("t1"));
         assert_eq!(index.live_applied(&kind, id.clone(), Some(("t1".into(), key("shop", "web")))), None, "a status update: same token");
-        assert_eq!(index.live_applied(&kind, id.clone(), Some(("t2".into(), key("shop", "web")))), Some(key("shop", "web")));
+        assert_eq!(index.live_applied(&kind, id.clone(), Some(("t2".into(), key("shop", "web")))), Some((key("shop", "web"), Some("t1".into()))));
         // Helm's annotations taken off: forgotten, nothing re-checked by that alone.
         assert_eq!(index.live_applied(&kind, id.clone(), None), None);
         assert_eq!(index.token("apps/v1", "Deployment", "shop", "web"), None);

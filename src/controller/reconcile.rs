@@ -164,8 +164,10 @@ impl Controller {
     async fn check(&self, history: &ReleaseHistory, policy: &CompiledPolicy, earlier: Option<Verdicts>) -> ReleaseReport {
         let reference = history.reference().map(|r| r.revision).unwrap_or_default();
         let latest = (history.latest().revision, history.latest().status.clone());
-        let earlier = earlier.filter(|v| v.revision == reference && v.policy == policy.fingerprint);
-        let unchanged = earlier.as_ref().filter(|v| v.latest == latest).and_then(|v| self.index().still_valid(v));
+        // Verdicts hold for the same reference, policy and newest revision (a pending revision
+        // changes what counts as drift).
+        let earlier = earlier.filter(|v| v.revision == reference && v.policy == policy.fingerprint && v.latest == latest);
+        let unchanged = earlier.as_ref().and_then(|v| self.index().still_valid(v));
         if let Some(report) = unchanged {
             return report;
         }

@@ -120,9 +120,10 @@ impl Controller {
                 Change::Applied(o) => {
                     let Some(id) = id(&o.metadata) else { return };
                     let helm = helm_object(&kind, &o.metadata).map(|(_, token, release)| (token, release));
+                    let token = helm.as_ref().map(|(t, _)| t.clone());
                     let changed = me.index().live_applied(&kind, id.clone(), helm);
-                    if let Some(release) = changed {
-                        tracing::debug!(kind = kind.1, namespace = id.0, name = id.1, "object changed");
+                    if let Some((release, before)) = changed {
+                        tracing::debug!(kind = kind.1, namespace = id.0, name = id.1, before, token, "object changed");
                         me.enqueue_releases([release]);
                     }
                 }

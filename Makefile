@@ -5,7 +5,7 @@ CARGO ?= cargo
 
 # make test runs its own control plane (own state dir and ports), so it never disturbs
 # the one `make demo` leaves running.
-TEST_ENV := DRIFTWATCH_CLUSTER_DIR=$${TMPDIR:-/tmp}/driftwatch-test-cluster DRIFTWATCH_PORT_BASE=26500
+TEST_ENV := DRIFTWATCH_CLUSTER_DIR=$${TMPDIR:-/tmp}/driftwatch-test-cluster DRIFTWATCH_PORT_BASE=26500 DRIFTWATCH_NODE=1
 
 .PHONY: all build tools cluster-up cluster-down demo demo-down test test-unit test-cluster-scripts crds fmt-check
 

@@ -400,7 +400,7 @@ async fn nothing_is_healed_while_pending() {
     let n = ns.name.as_str();
     let chart = common::chart("fullstack");
     Helm::V3.ok(&["install", "app", &chart, "-n", n, "--set", "statefulset.enabled=false,widget.enabled=false"]);
-    // No kubelet: --wait never ends; kill helm midway and the release stays pending-upgrade.
+    // Kill helm midway (while it waits for the rollout) and the release stays pending-upgrade.
     let mut upgrade = Command::new(Helm::V3.binary())
         .args(["upgrade", "app", &chart, "-n", n, "--wait", "--timeout", "10m", "--set", "statefulset.enabled=false,widget.enabled=false,replicaCount=3"])
         .stdout(Stdio::null())
@@ -424,13 +424,14 @@ async fn nothing_is_healed_while_pending() {
     assert_eq!(report(n, "app").unwrap()["status"]["heals"], 0);
 }
 
-/// How often the controller's watches saw a change (a new change token) of this object.
-fn changes_seen(log: &str, kind: &str, name: &str) -> usize {
+/// How often the controller's watches saw a change (a new change token) of this object (its
+/// kind's watch sees every namespace: other tests' objects of the same name are not this one).
+fn changes_seen(log: &str, kind: &str, ns: &str, name: &str) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == "object changed" && v["fields"]["kind"] == kind && v["fields"]["name"] == name)
+        .filter(|v| v["fields"]["message"] == "object changed" && v["fields"]["kind"] == kind && v["fields"]["namespace"] == ns && v["fields"]["name"] == name)
         .count()
 }
 
@@ -448,7 +449,7 @@ async fn status_updates_are_not_rechecked() {
     let settled = wait_for("the Deployment to settle", 60, || {
         std::thread::sleep(std::time::Duration::from_secs(2));
         let rv = jsonpath(ns, &format!("deployment/{deployment}"), "{.metadata.annotations.deployment\\.kubernetes\\.io/revision}");
-        let now = changes_seen(&scene.log, "Deployment", deployment);
+        let now = changes_seen(&scene.log, "Deployment", ns, deployment);
         let same = now == last && !rv.is_empty();
         last = now;
         same.then_some(now)
@@ -458,11 +459,11 @@ async fn status_updates_are_not_rechecked() {
         kubectl(&["patch", "deployment", deployment, "-n", ns, "--subresource=status", "--type=merge", "-p", &body]);
     }
     std::thread::sleep(std::time::Duration::from_secs(3));
-    assert_eq!(changes_seen(&scene.log, "Deployment", deployment), settled, "a status update counted as a change");
+    assert_eq!(changes_seen(&scene.log, "Deployment", ns, deployment), settled, "a status update counted as a change");
     assert_eq!(drifted(&report(ns, "app").unwrap()), Some("False"));
     set_memory(ns, deployment, "512Mi", "1Gi");
     wait_for("Drifted after a spec edit", 30, || report(ns, "app").filter(|r| drifted(r) == Some("True")));
-    assert!(changes_seen(&scene.log, "Deployment", deployment) > settled);
+    assert!(changes_seen(&scene.log, "Deployment", ns, deployment) > settled);
 }
 
 /// Issue 12, bug 1: a heal never touches a path the policy ignores, whatever selects it — here

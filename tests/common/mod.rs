@@ -284,9 +284,26 @@ pub fn kubectl_stdin(args: &[&str], input: &str) {
     assert!(out.status.success(), "kubectl {}: {}\n{input}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
-/// Installs (or updates) Driftwatch's CRDs.
+/// Installs (or updates) Driftwatch's CRDs, once per test process: tests that start together
+/// on a fresh cluster would otherwise race to create them (one gets AlreadyExists).
 pub fn apply_crds() {
-    kubectl(&["apply", "-f", &repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
+    static APPLIED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut applied = APPLIED.lock().unwrap_or_else(|e| e.into_inner());
+    if *applied {
+        return;
+    }
+    let file = repo_root().join("crds/driftwatch.io.yaml").display().to_string();
+    // Another test process may be creating them at this moment: a second try updates them.
+    for attempt in 1..=3 {
+        let out = Command::new("kubectl").args(["apply", "-f", &file]).output().expect("kubectl runs");
+        if out.status.success() {
+            *applied = true;
+            return;
+        }
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(attempt < 3 && said.contains("AlreadyExists"), "kubectl apply -f {file} failed: {said}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// A controller's `/metrics` page.

@@ -245,9 +245,12 @@ pub async fn check_release_cached(
     // While Helm holds the release's lock (the newest revision is pending-*), it is moving the
     // objects from the reference revision to that one: a live value of the pending revision is
     // Helm's work in progress, not drift. An unreadable pending record leaves the rule out.
-    let in_flight = match (revision, latest.status.is_pending() && latest.revision != record.revision) {
-        (None, true) => decoded_uncached(store, latest).await.ok().map(|d| InFlight { revision: latest.revision, status: latest.status.to_string(), decoded: d }),
-        _ => None,
+    // Decoded without the cache, which keeps one revision per release: the reference. (The
+    // function, not the reference revision `decoded` above.)
+    let in_flight = if revision.is_none() && latest.status.is_pending() && latest.revision != record.revision {
+        self::decoded(store, None, latest).await.ok().map(|d| InFlight { revision: latest.revision, status: latest.status.to_string(), decoded: d })
+    } else {
+        None
     };
     // The futures are made first, so that the stream holds no closure over borrowed items
     // (which would keep the whole check from being spawned on another task).
@@ -275,11 +278,6 @@ impl InFlight {
     fn object(&self, o: &DesiredObject) -> Option<&DesiredObject> {
         self.decoded.split.objects.iter().find(|p| p.api_version == o.api_version && p.kind == o.kind && p.name == o.name && p.namespace == o.namespace)
     }
-}
-
-/// A revision decoded without the cache (which keeps the reference revision of each release).
-async fn decoded_uncached(store: &ReleaseStore, record: &crate::helm::RecordMeta) -> Result<std::sync::Arc<DecodedRelease>, FetchError> {
-    decoded(store, None, record).await
 }
 
 async fn check_object(

@@ -44,4 +44,33 @@ export GOWORK=off GOTOOLCHAIN=local
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
+
+# The ports this control plane and its node listen on (the kubelet's own port is on the node's
+# address, not on loopback).
+CLUSTER_PORTS=("$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KCM_PORT" "$KUBELET_HEALTHZ_PORT" "$SCHEDULER_PORT")
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+alive() { [ -f "$STATE_DIR/$1.pid" ] && kill -0 "$(cat "$STATE_DIR/$1.pid")" 2>/dev/null; }
+start() { # name, then the command; detached from this shell, output to the state dir
+  local name=$1; shift
+  setsid "$@" >"$STATE_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! > "$STATE_DIR/$name.pid"
+}
+wait_for() { # what, seconds, command...
+  local what=$1 secs=$2; shift 2
+  for _ in $(seq $((secs * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  die "$what did not become ready in ${secs}s; its log: $STATE_DIR/$what.log"
+}
+stop_pid() { # name, pid: TERM, then KILL after 10 s
+  local name=$1 pid=$2
+  kill -0 "$pid" 2>/dev/null || return 0
+  log "stopping $name (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  log "$name did not stop in 10s; killing it"; kill -KILL "$pid" 2>/dev/null || true; sleep 0.2
+}
+stop() { # name: the process `start` started, by its pid file
+  local f=$STATE_DIR/$1.pid
+  [ -f "$f" ] || return 0
+  stop_pid "$1" "$(cat "$f")"; rm -f "$f"
+}
 case "$STATE_DIR" in ""|/|"$HOME") die "refusing to use '$STATE_DIR' as the state directory (DRIFTWATCH_CLUSTER_DIR)";; esac

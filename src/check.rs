@@ -243,19 +243,24 @@ pub async fn check_release_cached(
     }
     let namespace = release.namespace.clone();
     // While Helm holds the release's lock (the newest revision is pending-*), it is moving the
-    // objects from the reference revision to that one: a live value of the pending revision is
-    // Helm's work in progress, not drift. An unreadable pending record leaves the rule out.
-    // Decoded without the cache, which keeps one revision per release: the reference. (The
-    // function, not the reference revision `decoded` above.)
-    let in_flight = if revision.is_none() && latest.status.is_pending() && latest.revision != record.revision {
-        self::decoded(store, None, latest).await.ok().map(|d| InFlight { revision: latest.revision, status: latest.status.to_string(), decoded: d })
-    } else {
-        None
-    };
+    // objects to that revision, from the reference or from a failed revision after it: a live
+    // value of one of these is Helm's work in progress, not drift. An unreadable pending record
+    // leaves the rule out (an unreadable failed one, just that revision). Decoded without the
+    // cache, which keeps one revision per release: the reference. (The function, not the
+    // reference revision `decoded` above.)
+    let mut in_flight = Vec::new();
+    for (i, r) in history.in_transit(record.revision).into_iter().enumerate().filter(|_| revision.is_none()) {
+        match self::decoded(store, None, r).await {
+            Ok(decoded) => in_flight.push(Transit { revision: r.revision, status: r.status.to_string(), decoded }),
+            Err(_) if i == 0 => break,
+            Err(_) => {}
+        }
+    }
+    let in_flight = InFlight(in_flight);
     // The futures are made first, so that the stream holds no closure over borrowed items
     // (which would keep the whole check from being spawned on another task).
     let deployed_at = release.info.last_deployed;
-    let pending: Vec<_> = split.objects.iter().map(|o| check_object(resolver, o, &namespace, deployed_at, in_flight.as_ref(), settings)).collect();
+    let pending: Vec<_> = split.objects.iter().map(|o| check_object(resolver, o, &namespace, deployed_at, &in_flight, settings)).collect();
     let checked: Vec<(ResourceReport, usize)> = futures::stream::iter(pending).buffered(settings.concurrency.max(1)).collect().await;
     for (r, confirmed_away) in checked {
         report.confirmed_away += confirmed_away;
@@ -267,16 +272,27 @@ pub async fn check_release_cached(
     report
 }
 
-/// The pending revision Helm is applying, while it holds the release's lock.
-struct InFlight {
+/// The revisions Helm is moving a release's objects between while it holds the lock: the
+/// pending one first, then failed ones after the reference. Empty when no operation is under way.
+struct InFlight(Vec<Transit>);
+
+struct Transit {
     revision: u32,
     status: String,
     decoded: std::sync::Arc<DecodedRelease>,
 }
 
-impl InFlight {
+impl Transit {
     fn object(&self, o: &DesiredObject) -> Option<&DesiredObject> {
         self.decoded.split.objects.iter().find(|p| p.api_version == o.api_version && p.kind == o.kind && p.name == o.name && p.namespace == o.namespace)
+    }
+}
+
+impl InFlight {
+    /// "revision 3 (pending-rollback)" or "revision 3 (pending-rollback) or 2 (failed)".
+    fn describe(&self) -> String {
+        let each: Vec<String> = self.0.iter().map(|t| format!("{} ({})", t.revision, t.status)).collect();
+        format!("revision {}", each.join(" or "))
     }
 }
 
@@ -285,7 +301,7 @@ async fn check_object(
     o: &DesiredObject,
     release_ns: &str,
     deployed_at: Option<jiff::Timestamp>,
-    in_flight: Option<&InFlight>,
+    in_flight: &InFlight,
     settings: &CheckSettings<'_>,
 ) -> (ResourceReport, usize) {
     let mut report = ResourceReport {
@@ -319,10 +335,11 @@ async fn check_object(
         Ok(Some(l)) => l,
         Ok(None) => {
             report.state = ObjectState::Missing;
-            if let Some(p) = in_flight.filter(|p| p.object(o).is_none()) {
-                // The pending revision drops it: Helm deletes it as part of the change.
+            if let Some(t) = in_flight.0.iter().find(|t| t.object(o).is_none()) {
+                // The pending revision drops it (Helm deletes it as part of the change), or the
+                // failed one it starts from did (the pending one puts it back).
                 report.state = ObjectState::InSync;
-                report.message = Some(format!("revision {} ({}) removes it", p.revision, p.status));
+                report.message = Some(format!("revision {} ({}) has no such object: Helm's work in progress, not drift", t.revision, t.status));
             }
             return (report, 0);
         }
@@ -357,23 +374,24 @@ async fn check_object(
             }
         }
     }
-    if let Some(p) = in_flight.filter(|_| !fields.is_empty()) {
-        // Drift is what differs from both revisions: the reference's, and the one Helm is
-        // applying (an object the pending revision drops keeps its verdict until it is gone).
-        if let Some(next) = p.object(o) {
+    if !fields.is_empty() && !in_flight.0.is_empty() {
+        // Drift is what differs from every revision in play: the reference's, the one Helm is
+        // applying and the failed ones it moves from (a revision without the object has no say:
+        // an object the pending revision drops keeps its verdict until it is gone).
+        let before = fields.len();
+        for t in &in_flight.0 {
+            let Some(next) = t.object(o) else { continue };
             if let Ok((toward, _)) = compare_live(resolver, next, ns.as_deref(), &live, deployed_at, settings).await {
-                let before = fields.len();
                 fields.retain(|f| toward.fields.iter().any(|t| t.locator == f.locator && t.change == f.change));
-                state = ObjectState::of_fields(&fields);
-                if fields.len() < before {
-                    report.message = Some(format!(
-                        "revision {} is {}: {} field(s) already as it sets them are Helm's work in progress, not drift",
-                        p.revision,
-                        p.status,
-                        before - fields.len()
-                    ));
-                }
             }
+        }
+        state = ObjectState::of_fields(&fields);
+        if fields.len() < before {
+            report.message = Some(format!(
+                "Helm holds the release's lock: {} field(s) already as {} sets them are its work in progress, not drift",
+                before - fields.len(),
+                in_flight.describe()
+            ));
         }
     }
     report.state = state;

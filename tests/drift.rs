@@ -173,3 +173,54 @@ async fn helm3_drift_patterns() {
 async fn helm4_drift_patterns() {
     drift_patterns(Helm::V4).await;
 }
+
+/// Sets a release record's `status` label, as Helm's storage does when it moves a revision.
+fn relabel(ns: &str, release: &str, revision: u32, status: &str) {
+    kubectl(&["label", "--overwrite", "secret", &format!("sh.helm.release.v1.{release}.v{revision}"), "-n", ns, &format!("status={status}")]);
+}
+
+/// The moment of an atomic upgrade's rollback, made with the records Helm writes: revision 1
+/// deployed, revision 2 failed with its objects applied, revision 3 (revision 1's manifest)
+/// pending-rollback. The objects are at revision 2 and moving to 3: Helm's work, not drift. A
+/// value neither revision sets still is drift.
+async fn rollback_after_a_failed_upgrade(helm: Helm) {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, &format!("transit-{}", helm.short())).await;
+    let n = ns.name.as_str();
+    let chart = common::chart("fullstack");
+    helm.ok(&["install", "app", &chart, "-n", n]);
+    helm.ok(&["upgrade", "app", &chart, "-n", n, "--set", "replicaCount=3,config.data.greeting=bonjour"]);
+    wait_for_controllers(n);
+    relabel(n, "app", 1, "deployed");
+    relabel(n, "app", 2, "failed");
+    let mut rev3: Value = serde_json::from_str(&kubectl(&["get", "secret", "sh.helm.release.v1.app.v1", "-n", n, "-o", "json"])).unwrap();
+    let labels = rev3["metadata"]["labels"].clone();
+    rev3["metadata"] = serde_json::json!({"name": "sh.helm.release.v1.app.v3", "namespace": n, "labels": labels});
+    rev3["metadata"]["labels"]["version"] = "3".into();
+    rev3["metadata"]["labels"]["status"] = "pending-rollback".into();
+    common::kubectl_stdin(&["create", "-f", "-"], &rev3.to_string());
+
+    let (code, r) = check("app", n, &[]);
+    assert_eq!(not_in_sync(&r), Vec::<String>::new(), "the failed revision's values, on their way back, are not drift");
+    // Against the reference, revision 1 (Helm's rollback makes it superseded once it is done).
+    assert_eq!((code, r["revision"].as_u64(), r["status"].as_str()), (0, Some(1), Some("deployed")), "{r}");
+    let message = resource(&r, "Deployment", "app-fullstack")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("revision 3 (pending-rollback) or 2 (failed)"), "{message}");
+
+    kubectl(&["scale", "deployment/app-fullstack", "-n", n, "--replicas=7"]);
+    let (code, r) = check("app", n, &[]);
+    assert_eq!(code, 2, "{r}");
+    let deployment = resource(&r, "Deployment", "app-fullstack");
+    assert_eq!(field(deployment, "/spec/replicas")["live"], 7, "{deployment}");
+    assert_eq!(not_in_sync(&r).len(), 1, "only the scale is drift: {:?}", not_in_sync(&r));
+}
+
+#[tokio::test]
+async fn helm3_rollback_after_a_failed_upgrade() {
+    rollback_after_a_failed_upgrade(Helm::V3).await;
+}
+
+#[tokio::test]
+async fn helm4_rollback_after_a_failed_upgrade() {
+    rollback_after_a_failed_upgrade(Helm::V4).await;
+}

@@ -133,7 +133,24 @@ impl ReleaseHistory {
     pub fn revision(&self, revision: u32) -> Option<&RecordMeta> {
         self.revisions.iter().find(|r| r.revision == revision)
     }
+
+    /// While Helm holds the release's lock (the newest revision is `pending-*` and newer than
+    /// `reference`), the revisions the objects are moving between, newest first: the pending
+    /// one, then those Helm applied after the reference and that failed (an atomic upgrade's
+    /// rollback starts from the failed upgrade's objects), at most [`MAX_IN_TRANSIT`] of them.
+    /// Empty when no operation is under way.
+    pub fn in_transit(&self, reference: u32) -> Vec<&RecordMeta> {
+        let latest = self.latest();
+        if !latest.status.is_pending() || latest.revision <= reference {
+            return Vec::new();
+        }
+        self.revisions.iter().rev().take_while(|r| r.revision > reference).take(MAX_IN_TRANSIT).collect()
+    }
 }
+
+/// How many revisions newer than the reference a pending operation's check reads at most (the
+/// pending one and the failed ones before it; each is a record to decode).
+pub const MAX_IN_TRANSIT: usize = 3;
 
 /// Groups records into releases by (namespace, name, driver); revisions sorted oldest first,
 /// releases sorted by namespace then name.
@@ -245,6 +262,30 @@ mod tests {
         assert_eq!(shop.latest().revision, 3);
         assert_eq!(shop.reference().unwrap().revision, 2);
         assert_eq!(shop.revision(1).unwrap().status, ReleaseStatus::Superseded);
+    }
+
+    #[test]
+    fn revisions_in_transit() {
+        let revs = |h: &[ReleaseHistory], reference: u32| h[0].in_transit(reference).iter().map(|r| r.revision).collect::<Vec<_>>();
+        // No operation under way.
+        let h = group_releases([record("a", 1, "superseded"), record("a", 2, "deployed")]);
+        assert_eq!(revs(&h, 2), Vec::<u32>::new());
+        let h = group_releases([record("a", 1, "deployed"), record("a", 2, "failed")]);
+        assert_eq!(revs(&h, 1), Vec::<u32>::new());
+        // An upgrade: from the reference to the pending revision.
+        let h = group_releases([record("a", 1, "deployed"), record("a", 2, "pending-upgrade")]);
+        assert_eq!(revs(&h, 1), [2]);
+        // An atomic upgrade's rollback starts from the failed upgrade.
+        let h = group_releases([record("a", 1, "deployed"), record("a", 2, "failed"), record("a", 3, "pending-rollback")]);
+        assert_eq!(revs(&h, 1), [3, 2]);
+        // Many failures: the newest few only.
+        let h = group_releases((2..=7).map(|n| record("a", n, "failed")).chain([record("a", 1, "deployed"), record("a", 8, "pending-upgrade")]));
+        assert_eq!(revs(&h, 1), [8, 7, 6]);
+        // A pending install has no reference; a pending revision older than it is not in flight.
+        let h = group_releases([record("a", 1, "pending-install")]);
+        assert_eq!(revs(&h, 0), [1]);
+        let h = group_releases([record("a", 1, "pending-upgrade"), record("a", 2, "deployed")]);
+        assert_eq!(revs(&h, 2), Vec::<u32>::new());
     }
 
     #[test]

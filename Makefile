@@ -41,4 +41,4 @@ test: tools
 	trap '$(CLUSTER)/down' EXIT; \
 	$(CLUSTER)/up >/dev/null; \
 	eval "$$($(CLUSTER)/env)"; \
-	$(CARGO) test --locked --test '*' -- --test-threads=4
+	$(CARGO) test --locked --no-fail-fast --test '*' -- --test-threads=4

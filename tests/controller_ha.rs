@@ -143,7 +143,8 @@ fn leader_election_takeover_and_api_server_restart() {
     assert_eq!(new_holder, replicas[follower].name);
     set_memory(&c, "512Mi", "1Gi");
     assert_eq!(wait_for("Drifted after takeover", 60, || drift_status(&c).filter(|s| s == "Drifted")), "Drifted");
-    assert!(replicas[follower].writes() > 0, "the new leader writes");
+    // The log line follows the write and its Events: the status may be read before it.
+    wait_for("the new leader's write in its log", 10, || (replicas[follower].writes() > 0).then_some(()));
     eprintln!("leader takeover after a kill: {} ms (lease duration 10 s)", takeover.as_millis());
 
     // The API server goes away and comes back; the controller carries on without a restart.

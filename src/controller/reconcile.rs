@@ -177,7 +177,7 @@ impl Controller {
             ignore_managers: &policy.spec().ignore_managers,
             operations_as_drift: policy.spec().operations_as_drift,
             digest_key: Some(&self.digest_key),
-            confirm: true,
+            confirm: self.settings.confirm,
             concurrency: crate::check::OBJECTS_AT_ONCE,
             reuse: Some(&prior),
         };
@@ -304,6 +304,7 @@ impl Controller {
                 after: (spec.after.as_str(), policy.heal_after),
                 heals_last_hour: &heals_last_hour,
                 max_per_hour: spec.max_per_hour,
+                backoff: st.retry_at.map(|t| t.saturating_duration_since(Instant::now())).zip(st.condition.clone()),
             };
             match crate::heal::guard(&facts) {
                 crate::heal::Guard::Wait { condition, recheck_in } => {

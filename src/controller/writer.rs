@@ -117,7 +117,7 @@ impl Writer {
     }
 
     /// Runs a heal's actions, each with its error; none when this replica does not lead.
-    pub async fn heal(&self, actions: Vec<Action>) -> Vec<(Action, Result<(), String>)> {
+    pub async fn heal(&self, actions: Vec<Action>) -> Vec<(Action, Result<(), crate::heal::HealFailure>)> {
         let mut out = Vec::new();
         for a in actions {
             let w = Write::Heal(a);
@@ -126,7 +126,7 @@ impl Writer {
             match result {
                 Ok(Sent::Written) => out.push((a, Ok(()))),
                 Ok(Sent::Dropped) => {}
-                Err(e) => out.push((a, Err(e.to_string()))),
+                Err(e) => out.push((a, Err(crate::heal::HealFailure::of(&e)))),
             }
         }
         out

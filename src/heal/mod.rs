@@ -7,7 +7,7 @@
 
 pub mod plan;
 
-pub use plan::{Action, CONTEST_WINDOW, Found, HELM_MANAGER, HealState, Observed, Op, Outcome, Plan, Target, plan, record, settle_hint};
+pub use plan::{Action, CONTEST_WINDOW, Found, HELM_MANAGER, HealFailure, HealState, Observed, Op, Outcome, Plan, Target, plan, record, retry_after, settle_hint};
 
 use serde_json::{Value, json};
 
@@ -43,11 +43,14 @@ pub struct GuardFacts<'a> {
     /// Ages of the heals of the last hour, oldest first.
     pub heals_last_hour: &'a [std::time::Duration],
     pub max_per_hour: u32,
+    /// After a failed heal pass: the time left before the next may run, and the `Healed`
+    /// condition the failure left (shown until then).
+    pub backoff: Option<(std::time::Duration, (String, String, String))>,
 }
 
 /// The guardrails, in order: never while Helm holds the release's lock; not before `heal.after`
-/// (look again when it ends); at most `heal.maxPerHour` (look again when the oldest heal is an
-/// hour old). Pure.
+/// (look again when it ends); not before the backoff after a failed pass ends; at most
+/// `heal.maxPerHour` (look again when the oldest heal is an hour old). Pure.
 pub fn guard(f: &GuardFacts) -> Guard {
     let wait = |reason: &str, message: String, recheck_in| Guard::Wait { condition: ("False".into(), reason.into(), message), recheck_in };
     if let Some((revision, status)) = f.pending {
@@ -57,6 +60,9 @@ pub fn guard(f: &GuardFacts) -> Guard {
         // Nothing else may change before the grace ends: look again then.
         let recheck = f.after.1 - f.age + std::time::Duration::from_millis(200);
         return wait("HealDelayed", format!("drift is {}s old; heal.after is {}", f.age.as_secs(), f.after.0), Some(recheck));
+    }
+    if let Some((left, condition)) = f.backoff.as_ref().filter(|(left, _)| !left.is_zero()) {
+        return Guard::Wait { condition: condition.clone(), recheck_in: Some(*left) };
     }
     if f.heals_last_hour.len() >= f.max_per_hour as usize {
         let recheck = f.heals_last_hour.first().map(|oldest| RATE_WINDOW.saturating_sub(*oldest) + std::time::Duration::from_secs(1));
@@ -172,7 +178,7 @@ mod tests {
     use std::time::Duration;
 
     fn facts<'a>(age: u64, after: u64, heals: &'a [Duration], max: u32) -> super::GuardFacts<'a> {
-        super::GuardFacts { pending: None, age: Duration::from_secs(age), after: ("x", Duration::from_secs(after)), heals_last_hour: heals, max_per_hour: max }
+        super::GuardFacts { pending: None, age: Duration::from_secs(age), after: ("x", Duration::from_secs(after)), heals_last_hour: heals, max_per_hour: max, backoff: None }
     }
 
     #[test]
@@ -203,6 +209,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(guard(&facts(10, 0, &heals, 3)), Guard::Heal);
+        // After a failed pass: the failure's condition, until its backoff ends (before the
+        // rate limit: a failure is what used the heals up).
+        let failed = ("False".to_string(), "Forbidden".to_string(), "cannot patch".to_string());
+        let backing_off = super::GuardFacts { backoff: Some((Duration::from_secs(25), failed.clone())), ..facts(10, 0, &heals, 2) };
+        assert_eq!(guard(&backing_off), Guard::Wait { condition: failed.clone(), recheck_in: Some(Duration::from_secs(25)) });
+        let over = super::GuardFacts { backoff: Some((Duration::ZERO, failed)), ..facts(10, 0, &heals, 3) };
+        assert_eq!(guard(&over), Guard::Heal);
         // Pending wins over everything else.
         let all = super::GuardFacts { pending: Some((1, "pending-install")), ..facts(0, 30, &heals, 1) };
         assert!(matches!(guard(&all), Guard::Wait { condition, .. } if condition.1 == "ReleasePending"));

@@ -35,6 +35,33 @@ pub struct HealState {
     pub contested: HashMap<String, String>,
     pub last: Option<Value>,
     pub condition: Option<(String, String, String)>,
+    /// Heal passes that failed in a row, and when the next may run (a failure is not retried
+    /// at once: an error that stays, such as a missing permission, would use up maxPerHour).
+    pub failures: u32,
+    pub retry_at: Option<Instant>,
+}
+
+/// Why one heal action failed: the API server's message, and whether it was a 403 (the
+/// controller's ServiceAccount may not write the object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealFailure {
+    pub forbidden: bool,
+    pub message: String,
+}
+
+impl HealFailure {
+    pub fn of(e: &kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) => HealFailure { forbidden: s.code == 403, message: s.message.clone() },
+            other => HealFailure { forbidden: false, message: other.to_string() },
+        }
+    }
+}
+
+/// How long after the n-th failed heal pass in a row the next may run: 30 s, doubling, at most
+/// 30 minutes.
+pub fn retry_after(failures: u32) -> Duration {
+    Duration::from_secs(30).saturating_mul(1u32 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(1800))
 }
 
 /// Where an action goes.
@@ -176,9 +203,11 @@ pub struct Outcome {
 }
 
 /// Records what the actions did (`results`: each action with its error, if any; none when this
-/// replica does not lead) into `state`, and says what to report.
-pub fn record(state: &mut HealState, plan: Plan, results: Vec<(Action, Result<(), String>)>, at: Instant, now: jiff::Timestamp) -> Outcome {
+/// replica does not lead) into `state`, and says what to report. A failed pass sets when the
+/// next may run ([`retry_after`]); a forbidden write says which permission is missing.
+pub fn record(state: &mut HealState, plan: Plan, results: Vec<(Action, Result<(), HealFailure>)>, at: Instant, now: jiff::Timestamp) -> Outcome {
     let mut out = Outcome { failed: plan.failed, newly_contested: plan.newly_contested, ..Default::default() };
+    let forbidden = results.iter().any(|(_, r)| r.as_ref().is_err_and(|e| e.forbidden));
     for (action, result) in results {
         match result {
             Ok(()) => {
@@ -187,7 +216,7 @@ pub fn record(state: &mut HealState, plan: Plan, results: Vec<(Action, Result<()
                 }
                 out.healed.push(if action.paths.is_empty() { format!("{} (recreated)", action.object) } else { action.object });
             }
-            Err(e) => out.failed.push((action.object, e)),
+            Err(e) => out.failed.push((action.object, e.message)),
         }
     }
     let warn = |reason: &str, note: String| Event { type_: EventType::Warning, reason: reason.into(), note: Some(note), action: "Heal".into(), secondary: None };
@@ -211,10 +240,21 @@ pub fn record(state: &mut HealState, plan: Plan, results: Vec<(Action, Result<()
             out.events.push(Event { type_: EventType::Normal, reason: "DriftHealed".into(), note: Some(note.clone()), action: "Heal".into(), secondary: None });
             state.condition = Some(("True".into(), "HealSucceeded".into(), note));
         }
-        if !out.failed.is_empty() {
+        if out.failed.is_empty() {
+            state.failures = 0;
+            state.retry_at = None;
+        } else {
+            state.failures += 1;
+            let wait = retry_after(state.failures);
+            state.retry_at = Some(at + wait);
             let note = out.failed.iter().map(|(k, e)| format!("{k}: {e}")).collect::<Vec<_>>().join("; ");
             out.events.push(warn("HealFailed", note.clone()));
-            state.condition = Some(("False".into(), "HealFailed".into(), note));
+            let (reason, message) = if forbidden {
+                ("Forbidden", format!("{note}. Driftwatch's ServiceAccount may not write it: grant write access (the chart's heal.enabled=true) or set the policy to mode: Detect. Next try in {}s", wait.as_secs()))
+            } else {
+                ("HealFailed", format!("{note}. Next try in {}s", wait.as_secs()))
+            };
+            state.condition = Some(("False".into(), reason.into(), message));
         }
     }
     state.show_contested();
@@ -357,18 +397,41 @@ mod tests {
     }
 
     #[test]
+    fn failed_passes_back_off() {
+        let waits: Vec<u64> = (1..=9).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(waits, [30, 60, 120, 240, 480, 960, 1800, 1800, 1800]);
+    }
+
+    #[test]
     fn failures_and_partial_passes_are_reported() {
         let mut st = HealState::default();
         let spec = HealSpec { recreate_missing: true, ..Default::default() };
         let p = plan(vec![observed(drifted()), observed(Found::Missing)], &spec, ApplyMethod::Csa, &mut st, CONTEST_WINDOW, Instant::now());
-        let mut results: Vec<(Action, Result<(), String>)> = p.actions.iter().cloned().map(|a| (a, Ok(()))).collect();
-        results[1].1 = Err("conflict".into());
+        let mut results: Vec<(Action, Result<(), HealFailure>)> = p.actions.iter().cloned().map(|a| (a, Ok(()))).collect();
+        results[1].1 = Err(HealFailure { forbidden: false, message: "conflict".into() });
         let out = record(&mut st, p, results, Instant::now(), jiff::Timestamp::UNIX_EPOCH);
         assert_eq!(out.result, Some("Partial"));
         assert_eq!(out.failed, vec![("ConfigMap/cfg".to_string(), "conflict".to_string())]);
         assert_eq!(out.events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(), vec!["DriftHealed", "HealFailed"]);
         assert_eq!(st.condition.as_ref().unwrap().1, "HealFailed");
+        assert!(st.condition.as_ref().unwrap().2.ends_with("Next try in 30s"), "{:?}", st.condition);
         assert_eq!(st.last.as_ref().unwrap()["result"], "Partial");
+        // A forbidden write names the permission; each failure in a row waits longer.
+        let p = plan(vec![observed(drifted())], &spec, ApplyMethod::Csa, &mut st, CONTEST_WINDOW, Instant::now());
+        let denied = HealFailure { forbidden: true, message: "deployments.apps \"web\" is forbidden: User \"sa\" cannot patch".into() };
+        let results = p.actions.iter().cloned().map(|a| (a, Err(denied.clone()))).collect();
+        let at = Instant::now();
+        let out = record(&mut st, p, results, at, jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(out.result, Some("Failed"));
+        let (status, reason, message) = st.condition.clone().unwrap();
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "Forbidden"));
+        assert!(message.contains("cannot patch") && message.contains("heal.enabled=true") && message.ends_with("Next try in 60s"), "{message}");
+        assert_eq!((st.failures, st.retry_at), (2, Some(at + Duration::from_secs(60))));
+        // A pass that succeeds ends the backoff.
+        let p = plan(vec![observed(drifted())], &spec, ApplyMethod::Csa, &mut st, CONTEST_WINDOW, at);
+        let results = p.actions.iter().cloned().map(|a| (a, Ok(()))).collect();
+        record(&mut st, p, results, at, jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!((st.failures, st.retry_at), (0, None));
         // Not leading: nothing ran, nothing is counted.
         let mut idle = HealState::default();
         let p = plan(vec![observed(drifted())], &spec, ApplyMethod::Csa, &mut idle, CONTEST_WINDOW, Instant::now());

@@ -43,6 +43,10 @@ enum Command {
         watch_namespaces: Vec<String>,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Do not confirm local verdicts with a server-side dry-run: the controller then needs
+        /// no patch permission (a read-only install; the chart sets it unless heal is granted)
+        #[arg(long)]
+        no_confirm: bool,
     },
     /// One-shot drift check of a release, a namespace or the whole cluster
     Check {
@@ -133,8 +137,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let opts = CheckOpts { release, revision, output, detailed_exitcode, ignore_path, ignore_manager, policy, operations_as_drift, verbose, confirm: !no_confirm };
             check(namespace, all_namespaces, opts).await
         }
-        Command::Run { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format } => {
-            run(RunOpts { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format }).await
+        Command::Run { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, no_confirm } => {
+            run(RunOpts { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, confirm: !no_confirm }).await
         }
         Command::Crdgen => {
             emit(&driftwatch::api::crds_yaml())?;
@@ -150,6 +154,7 @@ struct RunOpts {
     cluster_policy_namespaces: Vec<String>,
     watch_namespaces: Vec<String>,
     log_format: LogFormat,
+    confirm: bool,
 }
 
 async fn run(o: RunOpts) -> anyhow::Result<ExitCode> {
@@ -177,6 +182,7 @@ async fn run(o: RunOpts) -> anyhow::Result<ExitCode> {
         identity: identity.clone(),
         namespace,
         concurrency: driftwatch::check::RELEASES_AT_ONCE,
+        confirm: o.confirm,
     };
     let client = client().await?;
     let metrics = Arc::new(driftwatch::metrics::Metrics::new());

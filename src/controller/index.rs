@@ -92,12 +92,19 @@ impl RecordIndex {
     }
 }
 
-/// The live objects of one watched kind that Helm made: id → (change token, release). `ready`
-/// once the watch has listed.
+/// The live objects of one watched kind that Helm made: id → (change token, release), and the
+/// scopes whose watch has listed: None (one watch over the whole cluster) or namespaces (one
+/// watch per watched namespace). An object vouches for nothing until its scope has listed.
 #[derive(Default)]
 struct KindIndex {
-    ready: bool,
+    listed: HashSet<Option<String>>,
     objects: HashMap<ObjectId, (String, ReleaseKey)>,
+}
+
+impl KindIndex {
+    fn listed(&self, namespace: &str) -> bool {
+        self.listed.contains(&None) || self.listed.contains(&Some(namespace.to_string()))
+    }
 }
 
 /// An object Helm made, as its metadata watch sees it: its id, change token
@@ -166,15 +173,17 @@ impl Index {
 
     /// An object's change token, once its kind's watch has listed.
     pub fn token(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<String> {
-        let k = self.live.get(&(api_version.to_string(), kind.to_string())).filter(|i| i.ready)?;
+        let k = self.live.get(&(api_version.to_string(), kind.to_string())).filter(|i| i.listed(namespace))?;
         k.objects.get(&(namespace.to_string(), name.to_string())).map(|(t, _)| t.clone())
     }
 
-    /// A kind's watch (re-)listed the objects Helm made: the releases whose verdict was made
-    /// against another version of one of them, or against one that is gone, are re-checked
-    /// (an object that changed between a check's read and this listing has no event of its own).
-    pub fn live_listed(&mut self, kind: &KindKey, listing: Vec<(ObjectId, String, ReleaseKey)>) -> HashSet<ReleaseKey> {
-        let objects: HashMap<ObjectId, (String, ReleaseKey)> = listing.into_iter().map(|(id, t, r)| (id, (t, r))).collect();
+    /// A kind's watch over `scope` (None: the whole cluster; a namespace) (re-)listed the
+    /// objects Helm made: the releases whose verdict was made against another version of one
+    /// of them, or against one in that scope that is gone, are re-checked (an object that
+    /// changed between a check's read and this listing has no event of its own).
+    pub fn live_listed(&mut self, kind: &KindKey, scope: Option<&str>, listing: Vec<(ObjectId, String, ReleaseKey)>) -> HashSet<ReleaseKey> {
+        let in_scope = |ns: &str| scope.is_none_or(|s| s == ns);
+        let objects: HashMap<ObjectId, (String, ReleaseKey)> = listing.into_iter().filter(|(id, _, _)| in_scope(&id.0)).map(|(id, t, r)| (id, (t, r))).collect();
         let changed = objects.iter().filter_map(|(id, (token, release))| {
             let r = self.verdicts.get(release)?.report.resources.iter().find(|r| same_object(r, kind, id))?;
             (r.change_token.as_deref() != Some(token.as_str())).then(|| release.clone())
@@ -183,13 +192,17 @@ impl Index {
             v.report
                 .resources
                 .iter()
-                .any(|r| r.api_version == kind.0 && r.kind == kind.1 && r.change_token.is_some() && !objects.contains_key(&(r.namespace.clone().unwrap_or_default(), r.name.clone())))
+                .any(|r| {
+                    let id = (r.namespace.clone().unwrap_or_default(), r.name.clone());
+                    r.api_version == kind.0 && r.kind == kind.1 && r.change_token.is_some() && in_scope(&id.0) && !objects.contains_key(&id)
+                })
                 .then(|| release.clone())
         });
         let stale = changed.chain(gone).collect();
         let entry = self.live.entry(kind.clone()).or_default();
-        entry.objects = objects;
-        entry.ready = true;
+        entry.objects.retain(|id, _| !in_scope(&id.0));
+        entry.objects.extend(objects);
+        entry.listed.insert(scope.map(str::to_string));
         stale
     }
 
@@ -358,7 +371,7 @@ mod tests {
         let kind = deployments();
         let id = key("shop", "web");
         assert_eq!(index.token("apps/v1", "Deployment", "shop", "web"), None, "not listed yet: vouches for nothing");
-        assert!(index.live_listed(&kind, vec![(id.clone(), "t1".into(), key("shop", "web"))]).is_empty(), "nothing checked yet");
+        assert!(index.live_listed(&kind, None, vec![(id.clone(), "t1".into(), key("shop", "web"))]).is_empty(), "nothing checked yet");
         assert_eq!(index.token("apps/v1", "Deployment", "shop", "web").as_deref(), Some("t1"));
         assert_eq!(index.live_applied(&kind, id.clone(), Some(("t1".into(), key("shop", "web")))), None, "a status update: same token");
         assert_eq!(index.live_applied(&kind, id.clone(), Some(("t2".into(), key("shop", "web")))), Some((key("shop", "web"), Some("t1".into()))));
@@ -382,7 +395,7 @@ mod tests {
         // Missing when checked (no token): its absence in the listing is nothing new.
         index.keep_verdicts(key("a", "missing"), verdicts_on(&[("a", "missing", None)]));
         let listing = vec![(key("a", "same"), "t1".into(), key("a", "same")), (key("a", "moved"), "t2".into(), key("a", "moved"))];
-        let mut stale: Vec<ReleaseKey> = index.live_listed(&kind, listing).into_iter().collect();
+        let mut stale: Vec<ReleaseKey> = index.live_listed(&kind, None, listing).into_iter().collect();
         stale.sort();
         assert_eq!(stale, vec![key("a", "gone"), key("a", "moved")]);
         // The verdicts still valid are those whose every object is at its checked version.
@@ -392,6 +405,26 @@ mod tests {
         assert!(index.still_valid(&moved).is_none());
         let missing = index.take_verdicts(&key("a", "missing")).unwrap();
         assert!(index.still_valid(&missing).is_none(), "an object not read is never vouched for");
+    }
+
+    #[test]
+    fn per_namespace_watches_list_their_own_namespace_only() {
+        let mut index = Index::default();
+        let kind = deployments();
+        index.keep_verdicts(key("a", "web"), verdicts_on(&[("a", "web", Some("t1"))]));
+        index.keep_verdicts(key("b", "api"), verdicts_on(&[("b", "api", Some("t1"))]));
+        // Namespace a lists: b's object is neither gone nor vouched for.
+        let stale = index.live_listed(&kind, Some("a"), vec![(key("a", "web"), "t1".into(), key("a", "web"))]);
+        assert!(stale.is_empty(), "{stale:?}");
+        assert_eq!(index.token("apps/v1", "Deployment", "a", "web").as_deref(), Some("t1"));
+        assert_eq!(index.token("apps/v1", "Deployment", "b", "api"), None, "b has not listed");
+        // b lists without the object: gone, only b's release re-checked; a's objects are kept.
+        let stale: Vec<ReleaseKey> = index.live_listed(&kind, Some("b"), vec![]).into_iter().collect();
+        assert_eq!(stale, vec![key("b", "api")]);
+        assert_eq!(index.token("apps/v1", "Deployment", "a", "web").as_deref(), Some("t1"));
+        // A re-list of a replaces a's objects only.
+        index.live_listed(&kind, Some("a"), vec![(key("a", "web"), "t2".into(), key("a", "web"))]);
+        assert_eq!(index.token("apps/v1", "Deployment", "a", "web").as_deref(), Some("t2"));
     }
 
     #[test]

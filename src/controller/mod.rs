@@ -50,6 +50,8 @@ pub struct Settings {
     pub namespace: String,
     /// Releases checked at once.
     pub concurrency: usize,
+    /// Confirm local verdicts with a server-side dry-run apply (needs patch permission).
+    pub confirm: bool,
 }
 
 /// A unit of work: re-check everything (find gone releases, seed after a start), one release,

@@ -18,15 +18,39 @@ use crate::helm::{Driver, RecordMeta};
 
 impl Controller {
     /// DriftPolicies: compiled once per change; a spec change re-checks everything the policy
-    /// may select. `ready` is set once they are listed.
+    /// may select. `ready` is set once they are listed. One watch over the cluster, or with
+    /// watched namespaces (a namespaced install has no cluster-wide read) one per namespace a
+    /// policy may come from: the cluster-policy namespaces and the watched ones.
     pub(super) async fn watch_policies(self: Arc<Self>, ready: Arc<AtomicBool>) {
-        let api: Api<DriftPolicy> = Api::all(self.client.clone());
+        let scopes: Vec<Option<String>> = if self.settings.watch_namespaces.is_empty() {
+            vec![None]
+        } else {
+            let mut namespaces: Vec<String> = self.settings.tenancy.cluster_policy_namespaces.iter().chain(&self.settings.watch_namespaces).cloned().collect();
+            namespaces.sort();
+            namespaces.dedup();
+            namespaces.into_iter().map(Some).collect()
+        };
+        let unlisted = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
+        let watches = scopes.into_iter().map(|scope| Arc::clone(&self).watch_policies_in(scope, ready.clone(), unlisted.clone()));
+        futures::future::join_all(watches).await;
+    }
+
+    async fn watch_policies_in(self: Arc<Self>, scope: Option<String>, ready: Arc<AtomicBool>, unlisted: Arc<std::sync::atomic::AtomicUsize>) {
+        let api: Api<DriftPolicy> = match &scope {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
         let tenancy = self.settings.tenancy.clone();
         let compile = |p: DriftPolicy| Arc::new(CompiledPolicy::compile(&tenancy, p));
         drive("DriftPolicy", api, watcher::Config::default(), |change| match change {
-            Change::Listed { objects, .. } => {
-                *self.policies.write().expect("policies") = objects.into_iter().map(compile).collect();
-                ready.store(true, Ordering::SeqCst);
+            Change::Listed { objects, first } => {
+                let mut policies = self.policies.write().expect("policies");
+                policies.retain(|p| scope.as_ref().is_some_and(|s| p.policy.metadata.namespace.as_ref() != Some(s)));
+                policies.extend(objects.into_iter().map(compile));
+                drop(policies);
+                if first && unlisted.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    ready.store(true, Ordering::SeqCst);
+                }
                 self.enqueue(Work::All);
             }
             Change::Applied(p) => {
@@ -95,46 +119,59 @@ impl Controller {
     }
 
     /// Starts watching a kind's live objects (metadata only), once per kind, so a change
-    /// re-checks its release.
+    /// re-checks its release: one watch over the cluster, or with watched namespaces one per
+    /// namespace (a namespaced install has no cluster-wide read; its cluster-scoped kinds are
+    /// not watched, and are read at each check).
     pub(super) async fn watch_kind(self: &Arc<Self>, api_version: &str, kind: &str) {
         let kind: KindKey = (api_version.to_string(), kind.to_string());
         if !self.watched_kinds.lock().expect("watched kinds").insert(kind.clone()) {
             return;
         }
         let Ok(resolved) = self.resolver.resolve(&kind.0, &kind.1).await else { return };
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(me.client.clone(), &resolved.resource);
-            let id = |m: &ObjectMeta| Some((m.namespace.clone().unwrap_or_default(), m.name.clone()?));
-            // Objects of this kind counted into the gauge; a re-list replaces the count.
-            let mut counted = 0f64;
-            drive(&kind.1.clone(), api, watcher::Config::default(), |change| match change {
-                Change::Listed { objects, .. } => {
-                    let n = objects.len() as f64;
-                    me.metrics.watched_objects.add(n - counted);
-                    counted = n;
-                    let listing = objects.iter().filter_map(|o| helm_object(&kind, &o.metadata)).collect();
-                    let stale = me.index().live_listed(&kind, listing);
-                    me.enqueue_releases(stale);
+        let scopes = match (resolved.namespaced, self.settings.watch_namespaces.is_empty()) {
+            (_, true) => vec![None],
+            (true, false) => self.namespaces(),
+            (false, false) => Vec::new(),
+        };
+        for scope in scopes {
+            let api: Api<PartialObjectMeta<DynamicObject>> = match &scope {
+                Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resolved.resource),
+                None => Api::all_with(self.client.clone(), &resolved.resource),
+            };
+            tokio::spawn(Arc::clone(self).watch_kind_in(kind.clone(), scope, api));
+        }
+    }
+
+    async fn watch_kind_in(self: Arc<Self>, kind: KindKey, scope: Option<String>, api: Api<PartialObjectMeta<DynamicObject>>) {
+        let id = |m: &ObjectMeta| Some((m.namespace.clone().unwrap_or_default(), m.name.clone()?));
+        // Objects of this kind counted into the gauge; a re-list replaces the count.
+        let mut counted = 0f64;
+        drive(&kind.1.clone(), api, watcher::Config::default(), |change| match change {
+            Change::Listed { objects, .. } => {
+                let n = objects.len() as f64;
+                self.metrics.watched_objects.add(n - counted);
+                counted = n;
+                let listing = objects.iter().filter_map(|o| helm_object(&kind, &o.metadata)).collect();
+                let stale = self.index().live_listed(&kind, scope.as_deref(), listing);
+                self.enqueue_releases(stale);
+            }
+            Change::Applied(o) => {
+                let Some(id) = id(&o.metadata) else { return };
+                let helm = helm_object(&kind, &o.metadata).map(|(_, token, release)| (token, release));
+                let token = helm.as_ref().map(|(t, _)| t.clone());
+                let changed = self.index().live_applied(&kind, id.clone(), helm);
+                if let Some((release, before)) = changed {
+                    tracing::debug!(kind = kind.1, namespace = id.0, name = id.1, before, token, "object changed");
+                    self.enqueue_releases([release]);
                 }
-                Change::Applied(o) => {
-                    let Some(id) = id(&o.metadata) else { return };
-                    let helm = helm_object(&kind, &o.metadata).map(|(_, token, release)| (token, release));
-                    let token = helm.as_ref().map(|(t, _)| t.clone());
-                    let changed = me.index().live_applied(&kind, id.clone(), helm);
-                    if let Some((release, before)) = changed {
-                        tracing::debug!(kind = kind.1, namespace = id.0, name = id.1, before, token, "object changed");
-                        me.enqueue_releases([release]);
-                    }
-                }
-                Change::Deleted(o) => {
-                    let Some(id) = id(&o.metadata) else { return };
-                    let release = helm_object(&kind, &o.metadata).map(|(_, _, r)| r);
-                    let release = me.index().live_deleted(&kind, &id, release);
-                    me.enqueue_releases(release);
-                }
-            })
-            .await
-        });
+            }
+            Change::Deleted(o) => {
+                let Some(id) = id(&o.metadata) else { return };
+                let release = helm_object(&kind, &o.metadata).map(|(_, _, r)| r);
+                let release = self.index().live_deleted(&kind, &id, release);
+                self.enqueue_releases(release);
+            }
+        })
+        .await
     }
 }

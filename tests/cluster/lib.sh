@@ -35,6 +35,9 @@ NET_INDEX=$(( (PORT_BASE / 100) % 256 ))
 POD_SUBNET=10.200.$NET_INDEX.0/24
 NODE_IP=10.200.$NET_INDEX.1          # the bridge's own address: local to this machine
 BRIDGE=dw$PORT_BASE
+SERVICE_CIDR=${DRIFTWATCH_SERVICE_CIDR:-10.0.0.0/24}
+# The `kubernetes` Service's address (the range's first): pods reach the API server there.
+API_SERVICE_IP=${SERVICE_CIDR%.*/*}.1
 CGROUP_NAME=driftwatch-$PORT_BASE
 # Kernel settings the kubelet changes; saved by the first node up, put back by the last down.
 NODES_RUN_DIR=/run/driftwatch-nodes

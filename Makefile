@@ -7,7 +7,7 @@ CARGO ?= cargo
 # the one `make demo` leaves running.
 TEST_ENV := DRIFTWATCH_CLUSTER_DIR=$${TMPDIR:-/tmp}/driftwatch-test-cluster DRIFTWATCH_PORT_BASE=26500 DRIFTWATCH_NODE=1
 
-.PHONY: all build tools cluster-up cluster-down demo demo-down test test-unit test-cluster-scripts crds fmt-check
+.PHONY: all build tools image cluster-up cluster-down demo demo-down test test-unit test-cluster-scripts crds fmt-check
 
 all: build
 
@@ -16,6 +16,11 @@ build:
 
 tools:
 	$(CLUSTER)/build-tools
+
+## image: the container image (static binary, buildah, no registry) as an OCI archive in
+## target/image/, imported into the local node when one is running.
+image:
+	scripts/image
 
 cluster-up: tools
 	$(CLUSTER)/up
@@ -41,4 +46,5 @@ test: tools
 	trap '$(CLUSTER)/down' EXIT; \
 	$(CLUSTER)/up >/dev/null; \
 	eval "$$($(CLUSTER)/env)"; \
+	scripts/image >/dev/null; \
 	$(CARGO) test --locked --no-fail-fast --test '*' -- --test-threads=4

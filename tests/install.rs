@@ -80,8 +80,14 @@ async fn chart_lints_validates_and_matches_its_twins() {
     let ns = TestNamespace::new(&client, "chart-dry-run").await;
     let manifests = Helm::V3.ok(&["template", "driftwatch", &chart(), "-n", &ns.name, "--set", "heal.enabled=true"]);
     common::kubectl_stdin(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], &manifests);
-    let kustomized = kubectl(&["kustomize", &common::repo_root().join("deploy").display().to_string()]);
+    let deploy = common::repo_root().join("deploy").display().to_string();
+    let kustomized = kubectl(&["kustomize", &deploy]);
     assert!(kustomized.contains("kind: Namespace") && kustomized.contains("kind: Deployment"), "{kustomized}");
+    // A server-side dry-run creates no namespace: the one deploy/ names is made for real (this
+    // cluster is the tests' own; nothing runs in it).
+    common::kubectl_stdin(&["apply", "-f", "-"], &std::fs::read_to_string(common::repo_root().join("deploy/namespace.yaml")).unwrap());
+    let applied = kubectl(&["apply", "-k", &deploy, "--dry-run=server"]);
+    assert!(applied.contains("deployment.apps/driftwatch") && applied.contains("driftpolicy.driftwatch.io/default"), "{applied}");
 }
 
 // --- The image ------------------------------------------------------------------------------

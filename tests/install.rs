@@ -48,7 +48,7 @@ fn can_i(sa: &str, what: &[&str]) -> bool {
 #[tokio::test]
 async fn chart_lints_validates_and_matches_its_twins() {
     for helm in Helm::ALL {
-        for set in ["", "prometheusRule.enabled=true,dashboard.enabled=true,metrics.serviceMonitor.enabled=true,heal.enabled=true", "watchNamespaces={a,b}"] {
+        for set in ["", "prometheusRule.enabled=true,dashboard.enabled=true,metrics.serviceMonitor.enabled=true,heal.enabled=true", "watchNamespaces={a,b}", "watchNamespaces={a},clusterPolicyNamespaces={a,platform}"] {
             let path = chart();
             let mut args = vec!["lint", "--strict", path.as_str()];
             if !set.is_empty() {

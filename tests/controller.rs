@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ControllerProcess, Helm, TestNamespace, apply_yaml, condition, drift_shape, drifted, kubectl, metric, report, start_controller, wait_for};
+use common::{ControllerProcess, Helm, TestNamespace, apply_yaml, condition, drift_shape, drifted, kubectl, metric, report, set_memory, start_controller, wait_for};
 use serde_json::Value;
 
 /// How many times an Event of this reason was emitted (repeats are folded into a series or a
@@ -17,15 +17,6 @@ fn events(ns: &str, reason: &str) -> u64 {
     let out = kubectl(&["get", "events", "-n", ns, "--field-selector", &format!("reason={reason}"), "-o", "json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     v["items"].as_array().unwrap().iter().map(|e| e["count"].as_u64().or_else(|| e["series"]["count"].as_u64()).unwrap_or(1).max(1)).sum()
-}
-
-fn set_memory(ns: &str, deploy: &str, from: &str, to: &str) {
-    let out = Command::new("kubectl")
-        .args(["edit", &format!("deployment/{deploy}"), "-n", ns])
-        .env("KUBE_EDITOR", format!("sed -i s/memory:\\ {from}/memory:\\ {to}/"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "kubectl edit: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]

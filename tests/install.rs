@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Helm, TestNamespace, apply_yaml, condition, drifted, kubectl, report, wait_for};
+use common::{Helm, TestNamespace, apply_yaml, condition, drifted, kubectl, report, set_memory, wait_for};
 use serde_json::Value;
 
 const CHART: &str = "charts/driftwatch";
@@ -149,12 +149,6 @@ fn holder(ns: &str) -> Option<String> {
     (out.status.success() && !h.is_empty()).then_some(h)
 }
 
-fn set_memory(ns: &str, from: &str, to: &str) {
-    let edit = format!("sed -i s/memory:\\ {from}/memory:\\ {to}/");
-    let out = Command::new("kubectl").args(["edit", "deployment/app-fullstack", "-n", ns]).env("KUBE_EDITOR", edit).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// The memory of the controllers running in pods (uid 65532): (pid, VmRSS in KiB, the
 /// memory cgroup's usage in KiB), read from /proc and the container's cgroup on the node.
 fn pod_controllers_memory() -> Vec<(u32, u64, u64)> {
@@ -249,7 +243,7 @@ async fn install_on_the_node(helm: Helm) {
     helm.ok(&["install", "app", &common::chart("fullstack"), "-n", a, "--set", "statefulset.enabled=false,widget.enabled=false", "--wait", "--timeout", "120s"]);
     let r = wait_for("the sample's report, InSync", 60, || report(a, "app").filter(|r| drifted(r) == Some("False")));
     assert_eq!(r["status"]["policy"], format!("{p}/default"));
-    set_memory(a, "512Mi", "1Gi");
+    set_memory(a, "app-fullstack", "512Mi", "1Gi");
     wait_for("Drifted after kubectl edit", 60, || report(a, "app").filter(|r| drifted(r) == Some("True")));
 
     // Least privilege: Detect reads, never writes workloads.
@@ -389,11 +383,11 @@ async fn prometheus_scrapes_the_pod_alerts_and_the_dashboard_queries_work() {
         (up["data"]["result"].as_array()?.iter().filter(|r| r["value"][1] == "1").count() == 2).then_some(())
     });
     assert!(!prom.firing("HelmDriftDetected"));
-    set_memory(a, "512Mi", "1Gi");
+    set_memory(a, "app-fullstack", "512Mi", "1Gi");
     let fired = Instant::now();
     wait_for("HelmDriftDetected firing", 120, || prom.firing("HelmDriftDetected").then_some(()));
     eprintln!("HelmDriftDetected firing {} ms after the edit (for: 10s)", fired.elapsed().as_millis());
-    set_memory(a, "1Gi", "512Mi");
+    set_memory(a, "app-fullstack", "1Gi", "512Mi");
     wait_for("HelmDriftDetected resolved", 120, || (!prom.firing("HelmDriftDetected")).then_some(()));
 
     // The dashboard: every query parses in this Prometheus, and names only exported series.

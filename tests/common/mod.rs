@@ -112,6 +112,17 @@ pub async fn client() -> Client {
     client
 }
 
+/// `kubectl edit` of a Deployment's memory limit, as a person would make drift (field manager
+/// `kubectl-edit`).
+pub fn set_memory(ns: &str, deploy: &str, from: &str, to: &str) {
+    let out = Command::new("kubectl")
+        .args(["edit", &format!("deployment/{deploy}"), "-n", ns])
+        .env("KUBE_EDITOR", format!("sed -i s/memory:\\ {from}/memory:\\ {to}/"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kubectl edit: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 pub fn kubectl(args: &[&str]) -> String {
     let out = Command::new("kubectl").args(args).output().expect("kubectl runs");
     assert!(

@@ -74,12 +74,61 @@ pub struct PolicyNote {
     pub applied: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// A release-level finding (PRODUCT.md section 1): `Failed`, `PartialUpgrade`, `StuckPending`,
+/// `HookOrphans`, `OrphanedResources`, `LostRecords`, `Stale`. Made by
+/// [`crate::diagnose::findings`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Finding {
     #[serde(rename = "type")]
     pub kind: String,
     pub message: String,
+    /// What to do about it: a command filled in with the release's names.
     pub hint: String,
+    /// The objects it is about (per object, which revision it matches for `PartialUpgrade`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<FindingResource>,
+    /// The failure's diagnosis (`Failed`, `StuckPending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Diagnosis>,
+}
+
+/// One object a finding is about.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct FindingResource {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    /// `PartialUpgrade`: the revision the live object matches (`failed`, `reference`,
+    /// `neither`, `missing`); `HookOrphans`: the hook's state (`failed`, `running`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl FindingResource {
+    /// `Kind/name` (`Kind ns/name` is too long for a condition message).
+    pub fn short(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
+    }
+}
+
+/// Why a release failed or is stuck, classified from gathered evidence
+/// ([`crate::diagnose::classify`]): the cause, the evidence lines it used, the next commands.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Diagnosis {
+    /// `HookFailed`, `HookTimeout`, `ResourceAlreadyExists`, `ImagePull`, `CrashLoop`,
+    /// `Unschedulable`, `QuotaExceeded`, `AdmissionDenied`, `Timeout`, `Unknown`.
+    pub cause: String,
+    /// One sentence: the cause with the names it is about.
+    pub summary: String,
+    pub evidence: Vec<String>,
+    /// The commands to run next, in order, with the real names.
+    pub next: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -161,6 +210,8 @@ pub enum CheckErrorKind {
     Decode,
     /// The record could not be read (the API server did not answer, or refused).
     Read,
+    /// The release has no record left, but live objects are stamped for it (`LostRecords`).
+    NoRecords,
 }
 
 impl CheckErrorKind {
@@ -171,6 +222,7 @@ impl CheckErrorKind {
             CheckErrorKind::NoReference => "NoDeployedRevision",
             CheckErrorKind::Decode => "RecordCorrupt",
             CheckErrorKind::Read => "RecordUnreadable",
+            CheckErrorKind::NoRecords => "RecordsLost",
         }
     }
 
@@ -180,6 +232,7 @@ impl CheckErrorKind {
             CheckErrorKind::NoReference => "no_reference",
             CheckErrorKind::Decode => "decode_error",
             CheckErrorKind::Read => "read_error",
+            CheckErrorKind::NoRecords => "no_records",
         }
     }
 }

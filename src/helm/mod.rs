@@ -5,6 +5,7 @@
 pub mod manifest;
 pub mod release;
 pub mod records;
+pub mod unlock;
 
 #[cfg(test)]
 mod mutations;

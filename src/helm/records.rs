@@ -102,6 +102,14 @@ impl RecordMeta {
     }
 }
 
+impl RecordMeta {
+    /// When the record got its status (unix seconds): the later of its `createdAt` and
+    /// `modifiedAt` labels (Helm copies an older `modifiedAt` onto a new pending record).
+    pub fn since(&self) -> Option<i64> {
+        self.created_at.max(self.modified_at)
+    }
+}
+
 /// `sh.helm.release.v1.<name>.v<rev>` → (name, rev).
 pub fn parse_record_name(object_name: &str) -> Option<(String, u32)> {
     let rest = object_name.strip_prefix("sh.helm.release.v1.")?;

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::cluster::{ReleaseStore, ResolveError, Resolver};
 use crate::drift::{self, ChangeKind, DiffOptions, DigestKey, FieldDrift, IgnoreRules, ObjectIdentity, ObjectState, Schema};
-use crate::report::{CheckErrorKind, Finding, ReleaseReport, ResourceReport, Summary, summarize};
-use crate::helm::{DesiredObject, ReleaseHistory, ReleaseStatus, split_manifest};
+use crate::report::{CheckErrorKind, ReleaseReport, ResourceReport, Summary, summarize};
+use crate::helm::{DesiredObject, ReleaseHistory, split_manifest};
 
 /// How a check runs.
 pub struct CheckSettings<'a> {
@@ -217,14 +217,6 @@ pub async fn check_release_cached(
     report.status = record.status.clone();
     report.last_deployed = release.info.last_deployed;
     report.apply_method = release.apply_method;
-    if latest.status == ReleaseStatus::Failed {
-        report.findings.push(Finding {
-            kind: "Failed".into(),
-            message: format!("revision {} failed; drift is reported against revision {}", latest.revision, record.revision),
-            hint: format!("helm history {} -n {}", history.name, history.namespace),
-        });
-    }
-
     let split = &decoded.split;
     for e in &split.errors {
         report.resources.push(ResourceReport {

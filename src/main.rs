@@ -88,8 +88,46 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Why a release failed or is stuck, and what to do: its status, history, findings, the
+    /// diagnosis with its evidence, the drift, and the next commands
+    Diagnose {
+        release: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: DiagnoseOutput,
+        /// The rendered manifest of an install or upgrade that failed before Helm wrote a record
+        /// (`helm template RELEASE CHART -n NS | driftwatch diagnose RELEASE -n NS -f -`): finds
+        /// the objects that already exist and are not the release's
+        #[arg(short = 'f', long = "filename", value_name = "RENDERED.yaml")]
+        rendered: Option<String>,
+    },
+    /// Get a release out of a stuck pending-install|upgrade|rollback state: its pending revision
+    /// is marked failed, as Helm records a failed operation, so the next helm upgrade or
+    /// rollback runs
+    Unlock {
+        release: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Change the record (without it: only show what would change)
+        #[arg(long)]
+        yes: bool,
+        /// Unlock a revision younger than the pending timeout (a helm process may still run it)
+        #[arg(long)]
+        force: bool,
+        /// How long a revision must have been pending (default: the covering DriftPolicy's
+        /// health.pendingTimeout, else 15m)
+        #[arg(long, value_name = "DURATION")]
+        pending_timeout: Option<String>,
+    },
     /// Print the CustomResourceDefinitions (crds/ holds this output)
     Crdgen,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DiagnoseOutput {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -140,6 +178,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, no_confirm } => {
             run(RunOpts { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, confirm: !no_confirm }).await
         }
+        Command::Diagnose { release, namespace, output, rendered } => diagnose(release, namespace, output, rendered).await,
+        Command::Unlock { release, namespace, yes, force, pending_timeout } => unlock(release, namespace, yes, force, pending_timeout).await,
         Command::Crdgen => {
             emit(&driftwatch::api::crds_yaml())?;
             Ok(ExitCode::SUCCESS)
@@ -299,6 +339,17 @@ async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow:
         }
         r.policy = driftwatch::cli::policy::note(applied.as_deref(), covering);
     }
+    // Release-level findings: no request for a release whose newest revision is deployed; the
+    // newest revision's evidence for a failed one (or one pending past the timeout).
+    let mut assess_requests = 0;
+    for (r, h) in reports.iter_mut().zip(&histories) {
+        let key = r.policy.as_ref().map(|p| p.name.clone());
+        let thresholds = thresholds_of(&policy_view, key.as_deref());
+        let a = driftwatch::cluster::evidence::Assess { history: h, report: r, thresholds, orphans: Vec::new(), settings: &settings, always: false };
+        let assessed = driftwatch::cluster::evidence::assess(&store, &resolver, a).await;
+        assess_requests += assessed.requests;
+        r.findings = assessed.findings;
+    }
     let text = match opts.output {
         CheckOutput::Text => {
             use std::io::IsTerminal as _;
@@ -313,7 +364,7 @@ async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow:
         let confirmed: usize = reports.iter().map(|r| r.confirmed_away).sum();
         eprintln!(
             "driftwatch: {} API requests for {} release(s) ({} to list storage, {} to fetch records, {} to read DriftPolicies and DriftReports, {} for discovery, schemas, live reads and dry-runs); {confirmed} local finding(s) dismissed by dry-run",
-            2 + reports.len() + policy_view.requests + policy_requests + resolver.requests(),
+            2 + reports.len() + policy_view.requests + policy_requests + resolver.requests() + assess_requests,
             reports.len(),
             2,
             reports.len(),
@@ -395,4 +446,314 @@ async fn list(
         eprintln!("warning: {p}");
     }
     Ok(if found.nothing_readable { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The rendered objects of `-f FILE` (`-`: stdin).
+fn rendered_objects(path: &str) -> anyhow::Result<Vec<driftwatch::helm::DesiredObject>> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if path == "-" {
+        std::io::stdin().read_to_string(&mut text).context("reading the rendered manifest from stdin")?;
+    } else {
+        text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    }
+    let split = driftwatch::helm::split_manifest(&text);
+    if let Some(e) = split.errors.first() {
+        anyhow::bail!("{path}: {e}");
+    }
+    Ok(split.objects)
+}
+
+/// The thresholds of the DriftPolicy that covers a release (the defaults without one).
+fn thresholds_of(view: &driftwatch::cli::policy::PolicyView, covering: Option<&str>) -> driftwatch::diagnose::Thresholds {
+    covering
+        .and_then(|key| view.policies.iter().find(|p| driftwatch::controller::policy::policy_key(p) == key))
+        .map(|p| driftwatch::diagnose::Thresholds::of(&p.spec.health))
+        .unwrap_or_default()
+}
+
+async fn diagnose(release: String, namespace: Option<String>, output: DiagnoseOutput, rendered: Option<String>) -> anyhow::Result<ExitCode> {
+    use driftwatch::cli::diagnose::{Document, DriftView, HistoryEntry, ReleaseView};
+    use driftwatch::report::FindingResource;
+    let rendered = rendered.as_deref().map(rendered_objects).transpose()?;
+    let ns = scope(namespace, false).await?.unwrap_or_default();
+    let client = client().await?;
+    let store = driftwatch::cluster::ReleaseStore::new(client.clone());
+    let resolver = driftwatch::cluster::Resolver::new(client.clone());
+    let listing = store.list_release(&ns, &release).await;
+    let histories = driftwatch::helm::group_releases(listing.records);
+    if histories.is_empty()
+        && let Some(e) = listing.errors.first()
+    {
+        anyhow::bail!("cannot read release {release} in namespace {ns}: {e}");
+    }
+    let mut doc = Document { name: release.clone(), namespace: ns.clone(), ..Default::default() };
+    let mut found = false;
+    let ignore = driftwatch::drift::IgnoreRules::default();
+    let settings = driftwatch::check::CheckSettings {
+        ignore: &ignore,
+        ignore_managers: &[],
+        operations_as_drift: false,
+        digest_key: None,
+        confirm: true,
+        concurrency: driftwatch::check::OBJECTS_AT_ONCE,
+        reuse: None,
+    };
+    let rendered_kinds: Vec<(String, String)> = rendered.iter().flatten().map(|o| (o.api_version.clone(), o.kind.clone())).collect();
+    match histories.first() {
+        None => {
+            let mut kinds: Vec<(String, String)> = driftwatch::cluster::evidence::COMMON_KINDS.iter().map(|(a, k)| (a.to_string(), k.to_string())).collect();
+            kinds.extend(rendered_kinds.iter().cloned());
+            kinds.sort();
+            kinds.dedup();
+            let stamped: Vec<FindingResource> = driftwatch::cluster::evidence::stamped_objects(&resolver, &ns, &kinds).await.into_iter().filter(|(r, _)| r == &release).map(|(_, o)| o).collect();
+            if !stamped.is_empty() {
+                found = true;
+                doc.findings.push(driftwatch::diagnose::lost_records(&ns, &release, stamped));
+            }
+        }
+        Some(h) => {
+            found = true;
+            let view = driftwatch::cli::policy::PolicyView::read(&client, Some(&ns)).await;
+            let report = driftwatch::check::check_release(&store, &resolver, h, None, &settings).await;
+            let covering = view.covering(h, &report);
+            let thresholds = thresholds_of(&view, covering.as_deref());
+            // Stamped objects of the kinds the release has, that its manifest lacks.
+            let mut kinds: Vec<(String, String)> = report.resources.iter().filter(|r| !r.kind.is_empty()).map(|r| (r.api_version.clone(), r.kind.clone())).collect();
+            kinds.sort();
+            kinds.dedup();
+            let orphans: Vec<FindingResource> = driftwatch::cluster::evidence::stamped_objects(&resolver, &ns, &kinds)
+                .await
+                .into_iter()
+                .filter(|(r, o)| r == &release && !report.resources.iter().any(|m| m.api_version == o.api_version && m.kind == o.kind && m.name == o.name && m.namespace == o.namespace))
+                .map(|(_, o)| o)
+                .collect();
+            let assessed = driftwatch::cluster::evidence::assess(
+                &store,
+                &resolver,
+                driftwatch::cluster::evidence::Assess { history: h, report: &report, thresholds, orphans, settings: &settings, always: true },
+            )
+            .await;
+            doc.diagnosis = assessed.findings.iter().find_map(|f| f.diagnosis.clone()).or_else(|| assessed.evidence.as_ref().map(driftwatch::diagnose::classify));
+            doc.findings = assessed.findings;
+            doc.drift = Some(DriftView {
+                revision: report.revision,
+                drifted: report.drifted,
+                summary: report.summary,
+                resources: report
+                    .resources
+                    .iter()
+                    .filter(|r| r.state != driftwatch::drift::ObjectState::InSync)
+                    .map(|r| FindingResource { api_version: r.api_version.clone(), kind: r.kind.clone(), namespace: r.namespace.clone(), name: r.name.clone(), state: Some(format!("{:?}", r.state)), detail: r.message.clone() })
+                    .collect(),
+                error: report.error.clone(),
+            });
+            // History, newest first, as helm history shows it (values dropped at once).
+            use futures::StreamExt as _;
+            let newest: Vec<&driftwatch::helm::RecordMeta> = h.revisions.iter().rev().take(driftwatch::cli::diagnose::HISTORY).collect();
+            let fetched: Vec<_> = futures::stream::iter(newest.iter().map(|r| store.fetch(r))).buffered(4).collect().await;
+            for (record, rel) in newest.iter().zip(fetched) {
+                let (chart, app_version, updated, description) = match &rel {
+                    Ok(r) => (format!("{}-{}", r.chart.metadata.name, r.chart.metadata.version), r.chart.metadata.app_version.clone(), r.info.last_deployed.map(|t| t.to_string()), r.info.description.clone()),
+                    Err(e) => (String::new(), String::new(), None, format!("(record unreadable: {e})")),
+                };
+                doc.history.push(HistoryEntry { revision: record.revision, status: record.status.to_string(), chart, app_version, updated, description });
+            }
+            if let Some(Ok(r)) = fetched_first(&newest, &store).await {
+                doc.release = Some(ReleaseView {
+                    revision: h.latest().revision,
+                    status: h.latest().status.to_string(),
+                    chart: r.chart.metadata.name.clone(),
+                    chart_version: r.chart.metadata.version.clone(),
+                    app_version: r.chart.metadata.app_version.clone(),
+                    updated: r.info.last_deployed.map(|t| t.to_string()),
+                    description: r.info.description.clone(),
+                    apply_method: r.apply_method.to_string(),
+                    deployed_revision: h.reference().map(|r| r.revision),
+                });
+            }
+        }
+    }
+    if let Some(objects) = &rendered {
+        let conflicts = conflicts(&resolver, &ns, &release, objects).await;
+        if let Some(d) = driftwatch::diagnose::already_exists(&release, &ns, &conflicts) {
+            found = true;
+            doc.diagnosis = Some(d);
+        }
+    }
+    doc.conclude();
+    let text = match output {
+        DiagnoseOutput::Json => serde_json::to_string_pretty(&doc)? + "\n",
+        DiagnoseOutput::Text => driftwatch::cli::diagnose::render_text(&doc),
+    };
+    emit(&text)?;
+    if !found {
+        eprintln!(
+            "driftwatch: release {release:?} not found in namespace {ns}: no Helm record and no object stamped for it. If `helm install` failed with \"exists and cannot be imported\", pass what it renders: helm template {release} CHART -n {ns} | driftwatch diagnose {release} -n {ns} -f -"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The newest record, decoded (for the release's chart and description).
+async fn fetched_first(newest: &[&driftwatch::helm::RecordMeta], store: &driftwatch::cluster::ReleaseStore) -> Option<Result<driftwatch::helm::Release, driftwatch::cluster::StorageError>> {
+    let first = newest.first()?;
+    Some(store.fetch(first).await.map(|mut r| {
+        r.config = Default::default();
+        r
+    }))
+}
+
+/// Objects of a rendered manifest that exist live and are not stamped for the release.
+async fn conflicts(resolver: &driftwatch::cluster::Resolver, ns: &str, release: &str, objects: &[driftwatch::helm::DesiredObject]) -> Vec<driftwatch::diagnose::Conflict> {
+    let mut out = Vec::new();
+    for o in objects {
+        let Ok(kind) = resolver.resolve(&o.api_version, &o.kind).await else { continue };
+        let on = kind.namespace_of(o.namespace.as_deref(), ns);
+        let Ok(Some(live)) = resolver.get_live(&kind, on.as_deref(), &o.name).await else { continue };
+        let ann = |k: &str| live.pointer(&format!("/metadata/annotations/{}", k.replace('/', "~1"))).and_then(|v| v.as_str()).map(str::to_string);
+        let (name, rns) = (ann("meta.helm.sh/release-name"), ann("meta.helm.sh/release-namespace"));
+        if name.as_deref() == Some(release) && rns.as_deref() == Some(ns) {
+            continue;
+        }
+        let managers: Vec<String> = live
+            .pointer("/metadata/managedFields")
+            .and_then(|m| m.as_array())
+            .map(|m| m.iter().filter_map(|e| e["manager"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        out.push(driftwatch::diagnose::Conflict {
+            object: driftwatch::report::FindingResource { api_version: o.api_version.clone(), kind: o.kind.clone(), namespace: on, name: o.name.clone(), state: None, detail: None },
+            owner: name.zip(rns).map(|(n, r)| format!("{r}/{n}")),
+            managers,
+        });
+    }
+    out
+}
+
+/// Who the kubeconfig's credentials are, as the API server sees them (SelfSubjectReview).
+async fn whoami(client: &kube::Client) -> String {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
+    let review = SelfSubjectReview { metadata: Default::default(), status: None };
+    match api.create(&Default::default(), &review).await {
+        Ok(r) => r.status.and_then(|s| s.user_info).and_then(|u| u.username).unwrap_or_else(|| "an unknown user".into()),
+        Err(_) => std::env::var("USER").map_or_else(|_| "an unknown user".into(), |u| format!("local user {u}")),
+    }
+}
+
+async fn unlock(release: String, namespace: Option<String>, yes: bool, force: bool, pending_timeout: Option<String>) -> anyhow::Result<ExitCode> {
+    use driftwatch::helm::Driver;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let timeout = pending_timeout.as_deref().map(driftwatch::api::parse_duration).transpose().map_err(|e| anyhow::anyhow!("--pending-timeout: {e}"))?;
+    let ns = scope(namespace, false).await?.unwrap_or_default();
+    let client = client().await?;
+    let store = driftwatch::cluster::ReleaseStore::new(client.clone());
+    let listing = store.list_release(&ns, &release).await;
+    if let Some(e) = listing.errors.first() {
+        anyhow::bail!("cannot read release {release} in namespace {ns}: {e}");
+    }
+    let Some(h) = driftwatch::helm::group_releases(listing.records).into_iter().next() else {
+        anyhow::bail!("release {release:?} not found in namespace {ns}");
+    };
+    let latest = h.latest().clone();
+    if !latest.status.is_pending() {
+        anyhow::bail!("release {ns}/{release} is not locked: its newest revision {} is {}; nothing to unlock", latest.revision, latest.status);
+    }
+    let timeout = match timeout {
+        Some(t) => t,
+        None => {
+            let view = driftwatch::cli::policy::PolicyView::read(&client, Some(&ns)).await;
+            let probe = driftwatch::report::ReleaseReport {
+                name: release.clone(),
+                namespace: ns.clone(),
+                revision: latest.revision,
+                chart: String::new(),
+                chart_version: String::new(),
+                app_version: String::new(),
+                status: latest.status.clone(),
+                last_deployed: None,
+                apply_method: Default::default(),
+                drifted: false,
+                summary: Default::default(),
+                resources: vec![],
+                findings: vec![],
+                policy: None,
+                error: None,
+                error_kind: None,
+                confirmed_away: 0,
+                transient: false,
+            };
+            thresholds_of(&view, view.covering(&h, &probe).as_deref()).pending_timeout
+        }
+    };
+    let now = jiff::Timestamp::now();
+    let since = match latest.since() {
+        Some(s) => jiff::Timestamp::from_second(s).ok(),
+        None => store.fetch(&latest).await.ok().and_then(|r| r.info.last_deployed),
+    };
+    let age = since.map(|s| std::time::Duration::from_secs((now.as_second() - s.as_second()).max(0) as u64));
+    let young = age.is_none_or(|a| a < timeout);
+    let age_text = age.map_or_else(|| "an unknown time".to_string(), |a| format!("{}s", a.as_secs()));
+    if young && !force {
+        anyhow::bail!(
+            "revision {} of {ns}/{release} has been {} for {age_text}, less than the pending timeout ({}s): a helm process may still be running it. Wait, or pass --force if you know it stopped",
+            latest.revision,
+            latest.status,
+            timeout.as_secs()
+        );
+    }
+    let who = whoami(&client).await;
+    let (payload, labels, resource_version) = match latest.driver {
+        Driver::Secret => {
+            let s = kube::Api::<Secret>::namespaced(client.clone(), &ns).get(&latest.object_name).await.with_context(|| format!("reading Secret {ns}/{}", latest.object_name))?;
+            let payload = s.data.as_ref().and_then(|d| d.get("release")).map(|b| b.0.clone()).unwrap_or_default();
+            (payload, s.metadata.labels.clone().unwrap_or_default(), s.metadata.resource_version.clone())
+        }
+        Driver::ConfigMap => {
+            let c = kube::Api::<ConfigMap>::namespaced(client.clone(), &ns).get(&latest.object_name).await.with_context(|| format!("reading ConfigMap {ns}/{}", latest.object_name))?;
+            let payload = c.data.as_ref().and_then(|d| d.get("release")).map(|s| s.clone().into_bytes()).unwrap_or_default();
+            (payload, c.metadata.labels.clone().unwrap_or_default(), c.metadata.resource_version.clone())
+        }
+    };
+    let unlocked = driftwatch::helm::unlock::unlock(&payload, &labels, &who, now).with_context(|| format!("{} {ns}/{}", latest.driver, latest.object_name))?;
+    let record = format!("{} {ns}/{}", latest.driver, latest.object_name);
+    let back = h.reference().map(|r| r.revision);
+    if !yes {
+        emit(&format!(
+            "Would mark revision {} of {ns}/{release} ({}, for {age_text}) failed, in {record}, with the description:\n  {}\nNothing changed. Run again with --yes to do it.\n",
+            latest.revision, unlocked.from, unlocked.description
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let params = kube::api::PostParams::default();
+    let result = match latest.driver {
+        Driver::Secret => {
+            let api = kube::Api::<Secret>::namespaced(client.clone(), &ns);
+            let mut s = api.get(&latest.object_name).await?;
+            s.metadata.resource_version = resource_version;
+            s.metadata.labels = Some(unlocked.labels.clone());
+            s.data.get_or_insert_default().insert("release".into(), k8s_openapi::ByteString(unlocked.payload.clone()));
+            api.replace(&latest.object_name, &params, &s).await.map(|_| ())
+        }
+        Driver::ConfigMap => {
+            let api = kube::Api::<ConfigMap>::namespaced(client.clone(), &ns);
+            let mut c = api.get(&latest.object_name).await?;
+            c.metadata.resource_version = resource_version;
+            c.metadata.labels = Some(unlocked.labels.clone());
+            c.data.get_or_insert_default().insert("release".into(), String::from_utf8_lossy(&unlocked.payload).into_owned());
+            api.replace(&latest.object_name, &params, &c).await.map(|_| ())
+        }
+    };
+    match result {
+        Ok(()) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => anyhow::bail!("{record} changed while unlocking (a helm process is still writing it?); nothing was changed"),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("writing {record}"))),
+    }
+    let next = match back {
+        Some(g) => format!("helm upgrade {release} CHART -n {ns}   (or: helm rollback {release} {g} -n {ns})"),
+        None => format!("helm upgrade --install {release} CHART -n {ns}   (or: helm uninstall {release} -n {ns})"),
+    };
+    emit(&format!("Unlocked {ns}/{release}: revision {} is now failed (was {}).\nNext: {next}\n", latest.revision, unlocked.from))?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,9 @@ pub struct Metrics {
     drift_detected: GaugeVec,
     drifted_resources: GaugeVec,
     first_detected: GaugeVec,
+    findings: GaugeVec,
+    /// The finding types each release has had a series for (set to 0 when one clears).
+    finding_types: Mutex<HashMap<(String, String), std::collections::BTreeSet<String>>>,
     pub heals_total: IntCounterVec,
     pub checks_total: IntCounterVec,
     pub check_duration: Histogram,
@@ -53,6 +56,11 @@ impl Metrics {
         let drift_detected = gauge_vec("helm_drift_detected", "1 when the release has drifted from its deployed revision, 0 in sync", &["namespace", "release"]);
         let drifted_resources = gauge_vec("driftwatch_drifted_resources", "Resources of the release that are not in sync", &["namespace", "release"]);
         let first_detected = gauge_vec("driftwatch_drift_first_detected_timestamp", "Start of the current drift episode (unix seconds)", &["namespace", "release"]);
+        let findings = gauge_vec(
+            "driftwatch_release_findings",
+            "Release-level findings (1 present, 0 cleared): Failed, PartialUpgrade, StuckPending, HookOrphans, OrphanedResources, LostRecords, Stale",
+            &["namespace", "release", "type"],
+        );
         let heals_total = IntCounterVec::new(Opts::new("driftwatch_heals_total", "Heals by result"), &["namespace", "release", "result"]).unwrap();
         let checks_total = IntCounterVec::new(Opts::new("driftwatch_checks_total", "Release checks by result"), &["result"]).unwrap();
         let check_duration = Histogram::with_opts(
@@ -72,6 +80,8 @@ impl Metrics {
             drift_detected,
             drifted_resources,
             first_detected,
+            findings,
+            finding_types: Mutex::new(HashMap::new()),
             heals_total,
             checks_total,
             check_duration,
@@ -111,8 +121,26 @@ impl Metrics {
         }
     }
 
+    /// A release's findings: 1 for each type it has; a type it had and no longer has stays, at
+    /// 0 (an alert resolves instead of vanishing), until the release is forgotten. A release that
+    /// never had a finding has no series.
+    pub fn set_findings(&self, namespace: &str, release: &str, types: &[&str]) {
+        let mut known = self.finding_types.lock().expect("metrics lock");
+        let had = known.entry((namespace.to_string(), release.to_string())).or_default();
+        had.extend(types.iter().map(|t| t.to_string()));
+        for t in had.iter() {
+            let v = if types.contains(&t.as_str()) { 1.0 } else { 0.0 };
+            self.findings.with_label_values(&[namespace, release, t]).set(v);
+        }
+    }
+
     /// Removes every series of a release that is gone (or no longer covered by a policy).
     pub fn forget_release(&self, namespace: &str, release: &str) {
+        if let Some(types) = self.finding_types.lock().expect("metrics lock").remove(&(namespace.to_string(), release.to_string())) {
+            for t in types {
+                let _ = self.findings.remove_label_values(&[namespace, release, &t]);
+            }
+        }
         if let Some(old) = self.info_labels.lock().expect("metrics lock").remove(&(namespace.to_string(), release.to_string())) {
             let old: Vec<&str> = old.iter().map(String::as_str).collect();
             let _ = self.release_info.remove_label_values(&old);
@@ -172,5 +200,21 @@ mod tests {
         assert!(!text.contains("driftwatch_drift_first_detected_timestamp{"));
         m.forget_release("prod", "shop");
         assert!(!m.render().contains(r#"release="shop""#));
+    }
+
+    #[test]
+    fn findings_are_one_series_per_type_the_release_has_had() {
+        let m = Metrics::new();
+        m.set_findings("prod", "shop", &[]);
+        assert!(!m.render().contains("driftwatch_release_findings{"), "a healthy release has no series");
+        m.set_findings("prod", "shop", &["Failed", "HookOrphans"]);
+        let text = m.render();
+        assert!(text.contains(r#"driftwatch_release_findings{namespace="prod",release="shop",type="Failed"} 1"#), "{text}");
+        assert!(text.contains(r#"driftwatch_release_findings{namespace="prod",release="shop",type="HookOrphans"} 1"#), "{text}");
+        // Cleared: 0, so an alert on == 1 resolves.
+        m.set_findings("prod", "shop", &["HookOrphans"]);
+        assert!(m.render().contains(r#"driftwatch_release_findings{namespace="prod",release="shop",type="Failed"} 0"#));
+        m.forget_release("prod", "shop");
+        assert!(!m.render().contains("driftwatch_release_findings{"));
     }
 }

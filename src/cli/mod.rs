@@ -3,6 +3,7 @@
 //! which DriftPolicy covers a release (`policy`). Kept in the library so their output is tested.
 
 pub mod check_output;
+pub mod diagnose;
 pub mod list;
 pub mod policy;
 pub mod columns;

@@ -1,6 +1,7 @@
 //! Everything that talks to the API server: Helm's release storage, discovery, live reads,
 //! dry-run confirmation, a heal's reads and writes.
 
+pub mod evidence;
 pub mod heal;
 pub mod resolve;
 pub mod release_store;

@@ -31,7 +31,8 @@ pub fn refresh_period(key: &ReleaseKey, interval: Duration) -> Duration {
 pub struct Facts<'a> {
     pub key: &'a ReleaseKey,
     pub report: &'a ReleaseReport,
-    pub history: &'a ReleaseHistory,
+    /// None: the release has no record left (`LostRecords`).
+    pub history: Option<&'a ReleaseHistory>,
     pub policy: &'a CompiledPolicy,
     /// What was last written for the release (None: no report).
     pub previous: Option<&'a Memo>,
@@ -142,7 +143,7 @@ mod tests {
 
     fn decide(r: &ReleaseReport, previous: Option<&Memo>, status: ReleaseStatus) -> Decision {
         let (k, h, p) = (key(), history(status), policy("prod", "p"));
-        report(Facts { key: &k, report: r, history: &h, policy: &p, previous, heal: None, heal_events: vec![], now: jiff::Timestamp::now() })
+        report(Facts { key: &k, report: r, history: Some(&h), policy: &p, previous, heal: None, heal_events: vec![], now: jiff::Timestamp::now() })
     }
 
     fn reasons(d: &Decision) -> Vec<String> {
@@ -206,7 +207,7 @@ mod tests {
         let (k, h, p) = (key(), history(ReleaseStatus::Deployed), policy("prod", "p"));
         let healed = Event { type_: EventType::Normal, reason: "DriftHealed".into(), note: None, action: "Heal".into(), secondary: None };
         let r = checked(true);
-        let d = report(Facts { key: &k, report: &r, history: &h, policy: &p, previous: None, heal: None, heal_events: vec![healed], now: jiff::Timestamp::now() });
+        let d = report(Facts { key: &k, report: &r, history: Some(&h), policy: &p, previous: None, heal: None, heal_events: vec![healed], now: jiff::Timestamp::now() });
         assert_eq!(reasons(&d), vec!["DriftHealed", "DriftDetected"]);
     }
 

@@ -109,9 +109,12 @@ impl KindIndex {
 
 /// An object Helm made, as its metadata watch sees it: its id, change token
 /// ([`crate::check::change_token`]) and release (from Helm's annotations). None for an object
-/// Helm's annotations do not name.
+/// Helm's annotations do not name, and for a hook (`helm.sh/hook`): never in a manifest.
 pub fn helm_object(kind: &KindKey, meta: &ObjectMeta) -> Option<(ObjectId, String, ReleaseKey)> {
     let ann = meta.annotations.as_ref()?;
+    if ann.contains_key("helm.sh/hook") {
+        return None;
+    }
     let release = (ann.get("meta.helm.sh/release-namespace")?.clone(), ann.get("meta.helm.sh/release-name")?.clone());
     let id = (meta.namespace.clone().unwrap_or_default(), meta.name.clone()?);
     let token = crate::check::change_token(&kind.0, &kind.1, &serde_json::to_value(meta).unwrap_or_default());
@@ -159,6 +162,9 @@ pub struct Index {
     live: HashMap<KindKey, KindIndex>,
     verdicts: HashMap<ReleaseKey, Verdicts>,
     written: HashMap<ReleaseKey, Memo>,
+    /// The live objects each release's stamps name (the reverse of `live`): for
+    /// `OrphanedResources` and `LostRecords`, with no scan.
+    stamped: HashMap<ReleaseKey, HashSet<(KindKey, ObjectId)>>,
     /// Whether `written` was seeded from the existing reports (one LIST) since the last start
     /// or leadership change: if so, a release with no memo has no report.
     pub seeded: bool,
@@ -200,9 +206,17 @@ impl Index {
         });
         let stale = changed.chain(gone).collect();
         let entry = self.live.entry(kind.clone()).or_default();
+        let dropped: Vec<(ObjectId, ReleaseKey)> = entry.objects.iter().filter(|(id, _)| in_scope(&id.0)).map(|(id, (_, r))| (id.clone(), r.clone())).collect();
         entry.objects.retain(|id, _| !in_scope(&id.0));
+        let added: Vec<(ObjectId, ReleaseKey)> = objects.iter().map(|(id, (_, r))| (id.clone(), r.clone())).collect();
         entry.objects.extend(objects);
         entry.listed.insert(scope.map(str::to_string));
+        for (id, release) in dropped {
+            self.unstamp(kind, id, &release);
+        }
+        for (id, release) in added {
+            self.stamped.entry(release).or_default().insert((kind.clone(), id));
+        }
         stale
     }
 
@@ -214,11 +228,19 @@ impl Index {
         let objects = &mut self.live.entry(kind.clone()).or_default().objects;
         match helm {
             Some((token, release)) => {
-                let before = objects.insert(id, (token.clone(), release.clone())).map(|(t, _)| t);
+                let before = objects.insert(id.clone(), (token.clone(), release.clone()));
+                if let Some((_, was)) = before.as_ref().filter(|(_, was)| *was != release) {
+                    let was = was.clone();
+                    self.unstamp(kind, id.clone(), &was);
+                }
+                self.stamped.entry(release.clone()).or_default().insert((kind.clone(), id));
+                let before = before.map(|(t, _)| t);
                 (before.as_deref() != Some(token.as_str())).then_some((release, before))
             }
             None => {
-                objects.remove(&id);
+                if let Some((_, was)) = objects.remove(&id) {
+                    self.unstamp(kind, id, &was);
+                }
                 None
             }
         }
@@ -228,7 +250,32 @@ impl Index {
     /// re-checked.
     pub fn live_deleted(&mut self, kind: &KindKey, id: &ObjectId, release: Option<ReleaseKey>) -> Option<ReleaseKey> {
         let known = self.live.get_mut(kind).and_then(|k| k.objects.remove(id)).map(|(_, r)| r);
+        if let Some(r) = &known {
+            self.unstamp(kind, id.clone(), r);
+        }
         release.or(known)
+    }
+
+    fn unstamp(&mut self, kind: &KindKey, id: ObjectId, release: &ReleaseKey) {
+        if let Some(set) = self.stamped.get_mut(release) {
+            set.remove(&(kind.clone(), id));
+            if set.is_empty() {
+                self.stamped.remove(release);
+            }
+        }
+    }
+
+    /// The live objects (of the watched kinds) whose Helm stamps name a release, sorted.
+    pub fn stamped_for(&self, release: &ReleaseKey) -> Vec<(KindKey, ObjectId)> {
+        let mut out: Vec<(KindKey, ObjectId)> = self.stamped.get(release).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Releases named by live objects' stamps (for a start-up pass: those without records are
+    /// lost releases).
+    pub fn stamped_releases(&self) -> Vec<ReleaseKey> {
+        self.stamped.keys().cloned().collect()
     }
 
     // --- verdicts -----------------------------------------------------------------------
@@ -435,6 +482,33 @@ mod tests {
         let (id, token, release) = helm_object(&deployments(), &meta).unwrap();
         assert_eq!((id, release), (key("shop", "web"), key("shop", "web")));
         assert!(!token.is_empty());
+        // A hook is never a manifest object: not indexed (not an orphan, not a lost release's).
+        meta.annotations.as_mut().unwrap().insert("helm.sh/hook".into(), "pre-upgrade".into());
+        assert!(helm_object(&deployments(), &meta).is_none());
+    }
+
+    #[test]
+    fn the_stamped_objects_of_each_release_follow_listings_writes_and_deletes() {
+        let mut index = Index::default();
+        let kind = deployments();
+        let cms: KindKey = ("v1".into(), "ConfigMap".into());
+        index.live_listed(&kind, None, vec![(key("a", "web"), "t1".into(), key("a", "web")), (key("a", "old"), "t1".into(), key("a", "web")), (key("b", "api"), "t1".into(), key("b", "api"))]);
+        index.live_applied(&cms, key("a", "web-config"), Some(("t1".into(), key("a", "web"))));
+        let web = |index: &Index| index.stamped_for(&key("a", "web")).into_iter().map(|(k, id)| format!("{}/{}", k.1, id.1)).collect::<Vec<_>>();
+        assert_eq!(web(&index), ["Deployment/old", "Deployment/web", "ConfigMap/web-config"]);
+        // Re-stamped for another release, unstamped, deleted, or gone from a re-list.
+        index.live_applied(&cms, key("a", "web-config"), Some(("t2".into(), key("a", "other"))));
+        assert_eq!(web(&index), ["Deployment/old", "Deployment/web"]);
+        assert_eq!(index.stamped_for(&key("a", "other")).len(), 1);
+        index.live_applied(&cms, key("a", "web-config"), None);
+        assert!(index.stamped_for(&key("a", "other")).is_empty());
+        index.live_deleted(&kind, &key("a", "old"), None);
+        assert_eq!(web(&index), ["Deployment/web"]);
+        index.live_listed(&kind, Some("a"), vec![]);
+        assert!(web(&index).is_empty());
+        let mut left = index.stamped_releases();
+        left.sort();
+        assert_eq!(left, vec![key("b", "api")], "b was not in the re-listed scope");
     }
 
     #[test]

@@ -132,6 +132,9 @@ impl Controller {
         if seed {
             self.index().seeded = listed_all;
         }
+        // Releases whose objects are stamped and that have no record: lost (LostRecords).
+        let lost: Vec<ReleaseKey> = self.index().stamped_releases().into_iter().filter(|k| !releases.contains(k) && self.covers(&k.0)).collect();
+        self.enqueue_releases(lost);
         self.enqueue_releases(releases);
         self.enqueue(Work::PolicyStatus);
     }
@@ -203,7 +206,7 @@ impl Controller {
     async fn reconcile_release(self: &Arc<Self>, key: &ReleaseKey) -> Settled {
         let Some(records) = self.records_of(key).await else { return Settled::Retry };
         let Some(history) = group_releases(records).into_iter().next() else {
-            return self.drop_report(key, "the release is gone").await;
+            return self.lost_or_gone(key).await;
         };
         let earlier = self.index().take_verdicts(key);
         let Some(policy) = self.choose_policy(key, &history, earlier.as_ref()).await else {
@@ -221,6 +224,7 @@ impl Controller {
         for r in report.resources.iter().filter(|r| !r.kind.is_empty()) {
             self.watch_kind(&r.api_version, &r.kind).await;
         }
+        report.findings = self.findings(key, &history, &report, &policy).await;
         let previous = self.previous(key).await;
         let now = jiff::Timestamp::now();
         let written_before: Vec<ResourceReport> =
@@ -237,8 +241,9 @@ impl Controller {
             self.heals.lock().expect("heals").remove(key);
             (None, Vec::new())
         };
-        let decision = decide::report(Facts { key, report: &report, history: &history, policy: &policy, previous: previous.as_ref(), heal: heal.as_ref(), heal_events, now });
+        let decision = decide::report(Facts { key, report: &report, history: Some(&history), policy: &policy, previous: previous.as_ref(), heal: heal.as_ref(), heal_events, now });
         self.metrics.set_release(&decision.built.series(&report));
+        self.metrics.set_findings(&key.0, &key.1, &report.findings.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>());
         if let Some(write) = decision.write {
             match self.writer.send(&write).await {
                 Ok(Sent::Written) => {
@@ -256,6 +261,118 @@ impl Controller {
             }
         }
         if report.transient { Settled::Retry } else { Settled::Done }
+    }
+
+    /// The release-level findings of a checked release (section 1). Its evidence is read only
+    /// when the newest revision is not `deployed` ([`crate::cluster::evidence::assess`]); the
+    /// objects stamped for it that its manifest lacks come from the watches' index, and only
+    /// for a deployed release (during an upgrade, or after a failed one, the newer revision's
+    /// objects are not orphans). Hook objects are never in the index.
+    async fn findings(&self, key: &ReleaseKey, history: &ReleaseHistory, report: &ReleaseReport, policy: &CompiledPolicy) -> Vec<crate::report::Finding> {
+        let orphans = if history.latest().status == crate::helm::ReleaseStatus::Deployed && report.error.is_none() {
+            let stamped = self.index().stamped_for(key);
+            stamped
+                .into_iter()
+                .filter(|((api_version, kind), (ns, name))| {
+                    !report.resources.iter().any(|r| &r.api_version == api_version && &r.kind == kind && r.namespace.as_deref().unwrap_or("") == ns && &r.name == name)
+                })
+                .map(|((api_version, kind), (ns, name))| crate::report::FindingResource { api_version, kind, namespace: (!ns.is_empty()).then_some(ns), name, state: None, detail: None })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let settings = CheckSettings {
+            ignore: &policy.ignore,
+            ignore_managers: &policy.spec().ignore_managers,
+            operations_as_drift: policy.spec().operations_as_drift,
+            digest_key: Some(&self.digest_key),
+            confirm: false,
+            concurrency: 1,
+            reuse: None,
+        };
+        let assess = crate::cluster::evidence::Assess {
+            history,
+            report,
+            thresholds: crate::diagnose::Thresholds::of(&policy.spec().health),
+            orphans,
+            settings: &settings,
+            always: false,
+        };
+        crate::cluster::evidence::assess(&self.store, &self.resolver, assess).await.findings
+    }
+
+    /// A release with no record left: if live objects are still stamped for it, its records
+    /// were lost (deleted by hand, a cleanup script): a report with `LostRecords`, under the
+    /// policy that would cover it. Otherwise it is gone.
+    async fn lost_or_gone(self: &Arc<Self>, key: &ReleaseKey) -> Settled {
+        let stamped = self.index().stamped_for(key);
+        if stamped.is_empty() {
+            return self.drop_report(key, "the release is gone").await;
+        }
+        let policy = {
+            let policies: Vec<Arc<CompiledPolicy>> = self.policies.read().expect("policies").iter().filter(|p| p.usable()).cloned().collect();
+            let none = BTreeMap::new();
+            let namespace_labels = if policies.iter().any(|p| p.spec().release_selector.namespace_selector.is_some()) {
+                let api: Api<Namespace> = Api::all(self.client.clone());
+                api.get_metadata_opt(&key.0).await.ok().flatten().and_then(|n| n.metadata.labels).unwrap_or_default()
+            } else {
+                BTreeMap::new()
+            };
+            let facts = ReleaseFacts { namespace: &key.0, name: &key.1, chart: None, labels: &none, namespace_labels: &namespace_labels };
+            winner(&self.settings.tenancy, &policies, &facts).cloned()
+        };
+        let Some(policy) = policy else {
+            return self.drop_report(key, "no policy covers the release").await;
+        };
+        let objects: Vec<crate::report::FindingResource> = stamped
+            .into_iter()
+            .map(|((api_version, kind), (ns, name))| crate::report::FindingResource { api_version, kind, namespace: (!ns.is_empty()).then_some(ns), name, state: None, detail: None })
+            .collect();
+        let count = objects.len();
+        let report = ReleaseReport {
+            name: key.1.clone(),
+            namespace: key.0.clone(),
+            revision: 0,
+            chart: String::new(),
+            chart_version: String::new(),
+            app_version: String::new(),
+            status: crate::helm::ReleaseStatus::Unknown,
+            last_deployed: None,
+            apply_method: Default::default(),
+            drifted: false,
+            summary: Default::default(),
+            resources: Vec::new(),
+            findings: vec![crate::diagnose::lost_records(&key.0, &key.1, objects)],
+            policy: None,
+            error: Some(format!("release {} has no Helm record left ({count} object(s) are still stamped for it): nothing to compare against", key.1)),
+            error_kind: Some(crate::report::CheckErrorKind::NoRecords),
+            confirmed_away: 0,
+            transient: false,
+        };
+        self.index().take_verdicts(key);
+        self.cache.forget(&key.0, &key.1);
+        let previous = self.previous(key).await;
+        let decision = decide::report(Facts { key, report: &report, history: None, policy: &policy, previous: previous.as_ref(), heal: None, heal_events: Vec::new(), now: jiff::Timestamp::now() });
+        // Not a Helm release any more: no helm_release_* series, only the finding.
+        self.metrics.forget_release(&key.0, &key.1);
+        self.metrics.set_findings(&key.0, &key.1, &["LostRecords"]);
+        if let Some(write) = decision.write {
+            match self.writer.send(&write).await {
+                Ok(Sent::Written) => {
+                    tracing::warn!(namespace = key.0, release = key.1, objects = count, "release records lost: objects are stamped for a release with no record");
+                    self.index().wrote(key.clone(), decision.memo, false);
+                    if decision.policy_counts_change {
+                        self.enqueue(Work::PolicyStatus);
+                    }
+                }
+                Ok(Sent::Dropped) => {}
+                Err(e) => {
+                    tracing::warn!(namespace = key.0, release = key.1, error = %e, "cannot write the DriftReport");
+                    return Settled::Retry;
+                }
+            }
+        }
+        Settled::Done
     }
 
     /// The release is gone or uncovered: forget it and delete its report.

@@ -9,7 +9,7 @@ use super::policy::CompiledPolicy;
 use crate::api::{DriftReportStatus, ReleaseInfo};
 use crate::report::ReleaseReport;
 use crate::drift::ObjectState;
-use crate::helm::{ReleaseHistory, ReleaseStatus};
+use crate::helm::ReleaseHistory;
 use crate::metrics::ReleaseSeries;
 
 pub const MAX_RESOURCES: usize = 50;
@@ -94,7 +94,8 @@ pub struct HealView {
     pub condition: Option<(String, String, String)>,
 }
 
-pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: jiff::Timestamp, history: &ReleaseHistory, heal: Option<&HealView>) -> Built {
+/// `history` is None for a release that has no record left (`LostRecords`).
+pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: jiff::Timestamp, history: Option<&ReleaseHistory>, heal: Option<&HealView>) -> Built {
     let drifted_objects: Vec<&crate::report::ResourceReport> = r
         .resources
         .iter()
@@ -114,12 +115,8 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
     } else {
         format!("all {} resources match revision {}", r.summary.resources, r.revision)
     };
-    let latest = history.latest();
-    let (unhealthy, health_reason, health_message) = match &latest.status {
-        ReleaseStatus::Failed => (true, "Failed", format!("revision {} failed", latest.revision)),
-        s if s.is_pending() => (true, "Pending", format!("revision {} is {} (Helm holds its lock)", latest.revision, s)),
-        s => (false, "Deployed", format!("revision {} is {s}", latest.revision)),
-    };
+    let (healthy, health_reason, health_message) = crate::diagnose::health_condition(history, &r.findings);
+    let unhealthy = !healthy;
     let mut conditions = Vec::new();
     match &r.error {
         Some(e) => {
@@ -142,7 +139,7 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
             conditions.push(condition(previous, "Ready", "True", "Checked", checked, now));
         }
     }
-    conditions.push(condition(previous, "ReleaseHealthy", if unhealthy { "False" } else { "True" }, health_reason, health_message.clone(), now));
+    conditions.push(condition(previous, "ReleaseHealthy", if unhealthy { "False" } else { "True" }, &health_reason, health_message.clone(), now));
     if let Some((st, reason, message)) = heal.and_then(|h| h.condition.clone()) {
         conditions.push(condition(previous, "Healed", &st, &reason, message, now));
     }
@@ -303,7 +300,7 @@ pub fn policy_status(c: &CompiledPolicy, matched: usize, drifted: usize, unhealt
 pub(super) mod tests {
     use super::*;
     use crate::report::ResourceReport;
-    use crate::helm::{Driver, RecordMeta};
+    use crate::helm::{Driver, RecordMeta, ReleaseStatus};
 
     pub(crate) fn history(status: ReleaseStatus) -> ReleaseHistory {
         let rec = RecordMeta {
@@ -361,12 +358,12 @@ pub(super) mod tests {
     fn unchanged_checks_compare_equal_and_keep_times() {
         let t1: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t2: jiff::Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
-        let a = build(&report(true), "ns/p", None, t1, &history(ReleaseStatus::Deployed), None);
-        let b = build(&report(true), "ns/p", Some(&a.written), t2, &history(ReleaseStatus::Deployed), None);
+        let a = build(&report(true), "ns/p", None, t1, Some(&history(ReleaseStatus::Deployed)), None);
+        let b = build(&report(true), "ns/p", Some(&a.written), t2, Some(&history(ReleaseStatus::Deployed)), None);
         assert_eq!(a.written.comparable, b.written.comparable, "only the check time moved: no write");
         assert_ne!(a.written.full, b.written.full);
         assert_eq!(b.written.full["firstDriftTime"], "2026-01-01T00:00:00Z");
-        let c = build(&report(false), "ns/p", Some(&b.written), t2, &history(ReleaseStatus::Deployed), None);
+        let c = build(&report(false), "ns/p", Some(&b.written), t2, Some(&history(ReleaseStatus::Deployed)), None);
         let drifted = c.written.full["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Drifted").unwrap().clone();
         assert_eq!((drifted["status"].as_str(), drifted["reason"].as_str()), (Some("False"), Some("InSync")));
         assert_eq!(drifted["lastTransitionTime"], "2026-01-01T00:05:00Z");
@@ -376,8 +373,8 @@ pub(super) mod tests {
     #[test]
     fn events_only_on_transitions() {
         let t: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let d = build(&report(true), "ns/p", None, t, &history(ReleaseStatus::Deployed), None);
-        let s = build(&report(false), "ns/p", None, t, &history(ReleaseStatus::Deployed), None);
+        let d = build(&report(true), "ns/p", None, t, Some(&history(ReleaseStatus::Deployed)), None);
+        let s = build(&report(false), "ns/p", None, t, Some(&history(ReleaseStatus::Deployed)), None);
         assert_eq!(transition_event(None, &d).unwrap().reason, "DriftDetected");
         assert_eq!(transition_event(Some(false), &d).unwrap().reason, "DriftDetected");
         assert!(transition_event(Some(true), &d).is_none());
@@ -441,14 +438,14 @@ pub(super) mod tests {
         let t: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let mut r = with_fields(vec![drifted_field("/data/a", None)]);
         stamp_seen(&mut r, &[], t);
-        let b = build(&r, "ns/p", None, t, &history(ReleaseStatus::Deployed), None);
+        let b = build(&r, "ns/p", None, t, Some(&history(ReleaseStatus::Deployed)), None);
         assert_eq!(
             b.drift_message,
             "1 of 1 resources drifted: ConfigMap/cm (/data/a removed by unknown (Kubernetes records no owner for removed fields), first seen 2026-01-01T00:00:00Z)"
         );
         let mut r = with_fields(vec![drifted_field("/data/a", Some("kubectl-edit")), drifted_field("/data/b", None)]);
         stamp_seen(&mut r, &[], t);
-        let b = build(&r, "ns/p", None, t, &history(ReleaseStatus::Deployed), None);
+        let b = build(&r, "ns/p", None, t, Some(&history(ReleaseStatus::Deployed)), None);
         assert!(b.drift_message.contains("(/data/a changed by kubectl-edit, first seen 2026-01-01T00:00:00Z and 1 more field(s))"), "{}", b.drift_message);
         assert!(!b.drift_message.contains("by unknown"), "only the first field is described: {}", b.drift_message);
     }
@@ -456,7 +453,7 @@ pub(super) mod tests {
     #[test]
     fn unhealthy_releases() {
         let t: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let b = build(&report(false), "ns/p", None, t, &history(ReleaseStatus::PendingUpgrade), None);
+        let b = build(&report(false), "ns/p", None, t, Some(&history(ReleaseStatus::PendingUpgrade)), None);
         assert!(b.unhealthy);
         let h = b.written.full["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ReleaseHealthy").unwrap().clone();
         assert_eq!((h["status"].as_str(), h["reason"].as_str()), (Some("False"), Some("Pending")));

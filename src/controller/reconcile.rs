@@ -225,6 +225,9 @@ impl Controller {
             self.watch_kind(&r.api_version, &r.kind).await;
         }
         report.findings = self.findings(key, &history, &report, &policy).await;
+        if let Some(delay) = crate::diagnose::stuck_in(&history, crate::diagnose::Thresholds::of(&policy.spec().health), jiff::Timestamp::now()) {
+            self.enqueue_after(Work::Release(key.0.clone(), key.1.clone()), delay);
+        }
         let previous = self.previous(key).await;
         let now = jiff::Timestamp::now();
         let written_before: Vec<ResourceReport> =

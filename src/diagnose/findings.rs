@@ -179,6 +179,19 @@ pub fn findings(f: &HealthFacts) -> Vec<Finding> {
     out
 }
 
+/// When a pending revision not yet past the timeout turns `StuckPending` (from `now`): the
+/// controller looks again then, as nothing else may change by that time.
+pub fn stuck_in(history: &ReleaseHistory, thresholds: Thresholds, now: Timestamp) -> Option<Duration> {
+    let latest = history.latest();
+    if !latest.status.is_pending() {
+        return None;
+    }
+    let since = status_since(history)?;
+    let age = (now.as_second() - since.as_second()).max(0) as u64;
+    let timeout = thresholds.pending_timeout.as_secs();
+    (age <= timeout).then(|| Duration::from_secs(timeout - age + 1))
+}
+
 /// The `LostRecords` finding of a release that has no record left, from its stamped objects.
 pub fn lost_records(namespace: &str, release: &str, objects: Vec<FindingResource>) -> Finding {
     let names: Vec<String> = objects.iter().take(5).map(FindingResource::short).collect();
@@ -294,6 +307,8 @@ mod tests {
         assert!(f[0].message.contains("revision 2 has been pending-upgrade for 16m"), "{}", f[0].message);
         assert!(f[0].hint.contains("driftwatch unlock web -n shop"), "{}", f[0].hint);
         assert_eq!(health_condition(Some(&stuck), &f).1, "StuckPending");
+        assert_eq!(stuck_in(&fresh, Thresholds::default(), Timestamp::from_second(now).unwrap()), Some(Duration::from_secs(15 * 60 - 60 + 1)));
+        assert_eq!(stuck_in(&stuck, Thresholds::default(), Timestamp::from_second(now).unwrap()), None);
         // A record without a time cannot be judged stuck.
         let untimed = history(&[("deployed", None), ("pending-install", None)]);
         assert!(findings(&facts(&untimed, now)).is_empty());

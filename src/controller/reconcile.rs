@@ -356,6 +356,7 @@ impl Controller {
         self.cache.forget(&key.0, &key.1);
         let previous = self.previous(key).await;
         let decision = decide::report(Facts { key, report: &report, history: None, policy: &policy, previous: previous.as_ref(), heal: None, heal_events: Vec::new(), now: jiff::Timestamp::now() });
+        self.metrics.checks_total.with_label_values(&[crate::report::CheckErrorKind::NoRecords.result()]).inc();
         // Not a Helm release any more: no helm_release_* series, only the finding.
         self.metrics.forget_release(&key.0, &key.1);
         self.metrics.set_findings(&key.0, &key.1, &["LostRecords"]);

@@ -140,9 +140,9 @@ pub fn findings(f: &HealthFacts) -> Vec<Finding> {
             kind: "HookOrphans".into(),
             message: format!("hook object(s) of revision {} left behind: {}", latest.revision, names.join(", ")),
             hint: format!(
-                "kubectl logs {} -n {n}; then kubectl delete {} -n {n} (Helm deletes them before the next run only with hook-delete-policy before-hook-creation)",
-                names[0].to_lowercase(),
-                names.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>().join(" ")
+                "kubectl delete {} -n {n}   # once its logs are read (kubectl logs {} -n {n}); Helm deletes a hook itself only before that hook runs again, with hook-delete-policy before-hook-creation (the default)",
+                names.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>().join(" "),
+                names[0].to_lowercase()
             ),
             resources: f.hook_orphans.clone(),
             diagnosis: None,

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::cluster::{ReleaseStore, ResolveError, Resolver};
 use crate::drift::{self, ChangeKind, DiffOptions, DigestKey, FieldDrift, IgnoreRules, ObjectIdentity, ObjectState, Schema};
-use crate::report::{CheckErrorKind, ReleaseReport, ResourceReport, Summary, summarize};
+use crate::report::{CheckErrorKind, ReleaseReport, ResourceReport, summarize};
 use crate::helm::{DesiredObject, ReleaseHistory, split_manifest};
 
 /// How a check runs.
@@ -161,26 +161,7 @@ pub async fn check_release_cached(
     settings: &CheckSettings<'_>,
 ) -> ReleaseReport {
     let latest = history.latest();
-    let mut report = ReleaseReport {
-        name: history.name.clone(),
-        namespace: history.namespace.clone(),
-        revision: latest.revision,
-        chart: String::new(),
-        chart_version: String::new(),
-        app_version: String::new(),
-        status: latest.status.clone(),
-        last_deployed: None,
-        apply_method: Default::default(),
-        drifted: false,
-        summary: Summary::default(),
-        resources: Vec::new(),
-        findings: Vec::new(),
-        policy: None,
-        error: None,
-        error_kind: None,
-        confirmed_away: 0,
-        transient: false,
-    };
+    let mut report = ReleaseReport::new(&history.name, &history.namespace, latest.revision, latest.status.clone());
     let record = match revision {
         Some(n) => history.revision(n).ok_or_else(|| format!("release {}/{} has no revision {n}", history.namespace, history.name)),
         None => history.reference().ok_or_else(|| {

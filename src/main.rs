@@ -664,26 +664,7 @@ async fn unlock(release: String, namespace: Option<String>, yes: bool, force: bo
         Some(t) => t,
         None => {
             let view = driftwatch::cli::policy::PolicyView::read(&client, Some(&ns)).await;
-            let probe = driftwatch::report::ReleaseReport {
-                name: release.clone(),
-                namespace: ns.clone(),
-                revision: latest.revision,
-                chart: String::new(),
-                chart_version: String::new(),
-                app_version: String::new(),
-                status: latest.status.clone(),
-                last_deployed: None,
-                apply_method: Default::default(),
-                drifted: false,
-                summary: Default::default(),
-                resources: vec![],
-                findings: vec![],
-                policy: None,
-                error: None,
-                error_kind: None,
-                confirmed_away: 0,
-                transient: false,
-            };
+            let probe = driftwatch::report::ReleaseReport::new(&release, &ns, latest.revision, latest.status.clone());
             thresholds_of(&view, view.covering(&h, &probe).as_deref()).pending_timeout
         }
     };

@@ -183,6 +183,30 @@ pub fn summarize(resources: &[ResourceReport]) -> Summary {
 }
 
 impl ReleaseReport {
+    /// A report with nothing checked yet.
+    pub fn new(name: &str, namespace: &str, revision: u32, status: ReleaseStatus) -> Self {
+        ReleaseReport {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            revision,
+            chart: String::new(),
+            chart_version: String::new(),
+            app_version: String::new(),
+            status,
+            last_deployed: None,
+            apply_method: Default::default(),
+            drifted: false,
+            summary: Summary::default(),
+            resources: Vec::new(),
+            findings: Vec::new(),
+            policy: None,
+            error: None,
+            error_kind: None,
+            confirmed_away: 0,
+            transient: false,
+        }
+    }
+
     /// Every operational action seen, with the object it was seen on.
     pub fn operations(&self) -> Vec<ObjectOperation> {
         self.resources

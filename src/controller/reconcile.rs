@@ -333,24 +333,10 @@ impl Controller {
             .collect();
         let count = objects.len();
         let report = ReleaseReport {
-            name: key.1.clone(),
-            namespace: key.0.clone(),
-            revision: 0,
-            chart: String::new(),
-            chart_version: String::new(),
-            app_version: String::new(),
-            status: crate::helm::ReleaseStatus::Unknown,
-            last_deployed: None,
-            apply_method: Default::default(),
-            drifted: false,
-            summary: Default::default(),
-            resources: Vec::new(),
             findings: vec![crate::diagnose::lost_records(&key.0, &key.1, objects)],
-            policy: None,
             error: Some(format!("release {} has no Helm record left ({count} object(s) are still stamped for it): nothing to compare against", key.1)),
             error_kind: Some(crate::report::CheckErrorKind::NoRecords),
-            confirmed_away: 0,
-            transient: false,
+            ..ReleaseReport::new(&key.1, &key.0, 0, crate::helm::ReleaseStatus::Unknown)
         };
         self.index().take_verdicts(key);
         self.cache.forget(&key.0, &key.1);

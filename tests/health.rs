@@ -449,3 +449,47 @@ async fn helm3_deleted_records_are_lost_records_and_adopted_back() {
 async fn helm4_deleted_records_are_lost_records_and_adopted_back() {
     lost_records(Helm::V4).await;
 }
+
+// --- orphaned objects and a stale release --------------------------------------------------
+
+async fn orphans_and_stale(helm: Helm) {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, &format!("health-orphan-{}", helm.short())).await;
+    let n = ns.name.as_str();
+    helm.ok(&["install", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
+    let log = format!("{}/controller-{n}.log", std::env::temp_dir().display());
+    let _ctl = start_controller(n, n, &[n], &log);
+    // Every release is stale after a second; a full pass every 3 s sees it.
+    apply_yaml(&format!("apiVersion: driftwatch.io/v1alpha1\nkind: DriftPolicy\nmetadata: {{name: p, namespace: {n}}}\nspec: {{interval: 3s, health: {{staleAfter: 1s}}}}\n"));
+    let stale = wait_for("Stale in the report", 60, || report_finding(n, "Stale"));
+    assert!(stale["message"].as_str().unwrap().contains("longer than health.staleAfter"), "{stale}");
+    let r = report(n, "app").unwrap();
+    let healthy = condition(&r, "ReleaseHealthy").unwrap();
+    assert_eq!((healthy["status"].as_str(), healthy["reason"].as_str()), (Some("True"), Some("Stale")), "an old release is not an unhealthy one: {healthy}");
+    // An object stamped for the release that its manifest lacks (left by hand, or kept by
+    // helm.sh/resource-policy: keep when a revision dropped it).
+    kubectl(&["create", "configmap", "leftover", "-n", n, "--from-literal=a=b"]);
+    kubectl(&["annotate", "configmap", "leftover", "-n", n, "meta.helm.sh/release-name=app", &format!("meta.helm.sh/release-namespace={n}")]);
+    kubectl(&["label", "configmap", "leftover", "-n", n, "app.kubernetes.io/managed-by=Helm"]);
+    let f = wait_for("OrphanedResources in the report", 60, || report_finding(n, "OrphanedResources"));
+    let names: Vec<&str> = f["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["leftover"], "{f}");
+    let r = report(n, "app").unwrap();
+    assert_eq!(condition(&r, "ReleaseHealthy").unwrap()["reason"], "OrphanedResources");
+    let (_, doc) = diagnose("app", n, &[]);
+    assert_eq!(kinds(&doc), ["OrphanedResources", "Stale"], "{doc:#}");
+    let (_, checked) = common::check("app", n, &["--policy", &format!("{n}/p")]);
+    assert!(checked["findings"].as_array().unwrap().iter().any(|f| f["type"] == "Stale"), "{checked:#}");
+    kubectl(&["delete", "configmap", "leftover", "-n", n]);
+    wait_for("the orphan gone from the report", 60, || report(n, "app").filter(|r| condition(r, "ReleaseHealthy").is_some_and(|c| c["reason"] == "Stale")));
+}
+
+#[tokio::test]
+async fn helm3_orphaned_objects_and_a_stale_release() {
+    orphans_and_stale(Helm::V3).await;
+}
+
+#[tokio::test]
+async fn helm4_orphaned_objects_and_a_stale_release() {
+    orphans_and_stale(Helm::V4).await;
+}

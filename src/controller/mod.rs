@@ -206,14 +206,20 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         tasks.spawn(ctl.clone().watch_records::<ConfigMap>(Driver::ConfigMap, ns, config_maps));
     }
 
-    // The safety net: a full re-check every (shortest) policy interval.
+    // The safety net: a full re-check every (shortest) policy interval. The interval is read
+    // again every second: a policy with a shorter one, applied after the start, is honoured at
+    // once rather than after the interval there was before it.
     let me = ctl.clone();
     tasks.spawn(async move {
+        let mut last = std::time::Instant::now();
         loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
             let shortest = me.policies.read().expect("policies").iter().map(|p| p.interval).min();
             let shortest = shortest.unwrap_or_else(|| crate::api::DriftPolicySpec::default().interval()).max(Duration::from_secs(5));
-            tokio::time::sleep(shortest).await;
-            me.enqueue(Work::All);
+            if last.elapsed() >= shortest {
+                last = std::time::Instant::now();
+                me.enqueue(Work::All);
+            }
         }
     });
 

@@ -235,6 +235,24 @@ async fn helm4_a_container_that_exits_is_a_crash_loop() {
     crash_loop(Helm::V4).await;
 }
 
+async fn unschedulable(helm: Helm) {
+    // More CPU than the node has: the scheduler says so, and the pod stays Pending.
+    let (n, _ns) = upgrade_wait_fails(helm, "web.resources.requests.cpu=64,web.resources.limits.cpu=64", "sched").await;
+    let (_, doc) = diagnose("app", &n, &[]);
+    assert_eq!(cause(&doc), "Unschedulable", "{doc:#}");
+    assert!(evidence(&doc).contains("Insufficient cpu"), "{}", evidence(&doc));
+}
+
+#[tokio::test]
+async fn helm3_a_pod_that_fits_no_node_is_unschedulable() {
+    unschedulable(Helm::V3).await;
+}
+
+#[tokio::test]
+async fn helm4_a_pod_that_fits_no_node_is_unschedulable() {
+    unschedulable(Helm::V4).await;
+}
+
 // --- admission and quota --------------------------------------------------------------------
 
 /// A ValidatingAdmissionPolicy (real admission, no webhook) that denies Deployments of more

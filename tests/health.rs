@@ -2,7 +2,7 @@
 //! node with the real helm v3 and v4: a hook Job that exits 1, a hook that never completes, an
 //! install over an object that already exists, an image nobody serves, a container that exits,
 //! a ValidatingAdmissionPolicy that denies part of an upgrade, a ResourceQuota the upgrade
-//! exceeds, a `helm upgrade --wait` killed with SIGKILL (and `driftwatch unlock`), and every
+//! exceeds, a pod that fits no node, a `helm upgrade --wait` killed with SIGKILL (and `driftwatch unlock`), and every
 //! release record deleted. What `driftwatch diagnose`, `driftwatch check` and the controller's
 //! DriftReports say about each.
 

@@ -456,6 +456,14 @@ async fn lost_records(helm: Helm) {
     helm.ok(&["upgrade", "--install", "app", &common::chart("fullstack"), "-n", n, "--set", set]);
     let r = wait_for("the report healthy again", 60, || report(n, "app").filter(|r| condition(r, "ReleaseHealthy").is_some_and(|c| c["status"] == "True")));
     assert!(r["status"]["findings"].as_array().is_none_or(|a| a.is_empty()), "{}", r["status"]);
+    // helm uninstall deletes the objects, then the records: gone, not lost.
+    helm.ok(&["uninstall", "app", "-n", n]);
+    wait_for("the report deleted", 60, || report(n, "app").is_none().then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(report(n, "app").is_none(), "an uninstalled release came back as a report");
+    let events: Value = serde_json::from_str(&kubectl(&["get", "events", "-n", n, "--field-selector", "reason=ReleaseUnhealthy", "-o", "json"])).unwrap();
+    let lost = events["items"].as_array().unwrap().iter().filter(|e| e["note"].as_str().or(e["message"].as_str()).is_some_and(|m| m.contains("no Helm record left"))).count();
+    assert_eq!(lost, 1, "one LostRecords Event, for the deleted records, none for the uninstall: {events:#}");
 }
 
 #[tokio::test]

@@ -309,6 +309,19 @@ impl Controller {
     /// policy that would cover it. Otherwise it is gone.
     async fn lost_or_gone(self: &Arc<Self>, key: &ReleaseKey) -> Settled {
         let stamped = self.index().stamped_for(key);
+        // Confirmed live: `helm uninstall` deletes the objects before the records, and the
+        // watches may not have seen those deletions yet (an object being deleted does not count).
+        let mut present = Vec::new();
+        for ((api_version, kind), (ns, name)) in stamped {
+            let Ok(resolved) = self.resolver.resolve(&api_version, &kind).await else { continue };
+            match self.resolver.get_live(&resolved, (!ns.is_empty()).then_some(ns.as_str()), &name).await {
+                Ok(Some(live)) if live.pointer("/metadata/deletionTimestamp").is_none() => present.push(((api_version, kind), (ns, name))),
+                Ok(_) => {}
+                Err(e) if e.is_transient() => return Settled::Retry,
+                Err(_) => {}
+            }
+        }
+        let stamped = present;
         if stamped.is_empty() {
             return self.drop_report(key, "the release is gone").await;
         }

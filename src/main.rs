@@ -363,13 +363,14 @@ async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow:
     if opts.verbose {
         let confirmed: usize = reports.iter().map(|r| r.confirmed_away).sum();
         eprintln!(
-            "driftwatch: {} API requests for {} release(s) ({} to list storage, {} to fetch records, {} to read DriftPolicies and DriftReports, {} for discovery, schemas, live reads and dry-runs); {confirmed} local finding(s) dismissed by dry-run",
+            "driftwatch: {} API requests for {} release(s) ({} to list storage, {} to fetch records, {} to read DriftPolicies and DriftReports, {} for discovery, schemas, live reads and dry-runs, {} for the evidence of failed or stuck revisions); {confirmed} local finding(s) dismissed by dry-run",
             2 + reports.len() + policy_view.requests + policy_requests + resolver.requests() + assess_requests,
             reports.len(),
             2,
             reports.len(),
             policy_view.requests + policy_requests,
-            resolver.requests()
+            resolver.requests(),
+            assess_requests
         );
     }
     let checked_something = reports.iter().any(|r| r.error.is_none() && r.summary.errors < r.summary.resources);

@@ -76,6 +76,9 @@ pub struct Controller {
     writer: Writer,
     /// The policies, compiled once per change.
     policies: RwLock<Vec<Arc<CompiledPolicy>>>,
+    /// Every policy watch has listed once: until then no release is checked (with part of the
+    /// policies known, a release covered by one not yet listed would lose its report).
+    policies_listed: AtomicBool,
     index: Mutex<Index>,
     heals: Mutex<HashMap<ReleaseKey, crate::heal::HealState>>,
     /// Policy key → its status as last written (without times) and when.
@@ -175,6 +178,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         settings: settings.clone(),
         metrics,
         policies: RwLock::new(Vec::new()),
+        policies_listed: AtomicBool::new(false),
         index: Mutex::new(Index::default()),
         heals: Mutex::new(HashMap::new()),
         policy_written: Mutex::new(HashMap::new()),

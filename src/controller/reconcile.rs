@@ -204,6 +204,11 @@ impl Controller {
     /// Checks one release and writes what changed. `Retry` when something failed on the way
     /// that may work later (a read of storage or of live objects, a write).
     async fn reconcile_release(self: &Arc<Self>, key: &ReleaseKey) -> Settled {
+        // Before every policy watch has listed, "no policy covers it" may be false: the pass
+        // that follows the listing checks every release.
+        if !self.policies_listed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Settled::Done;
+        }
         let Some(records) = self.records_of(key).await else { return Settled::Retry };
         let Some(history) = group_releases(records).into_iter().next() else {
             return self.lost_or_gone(key).await;

@@ -49,9 +49,14 @@ impl Controller {
                 policies.extend(objects.into_iter().map(compile));
                 drop(policies);
                 if first && unlisted.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    self.policies_listed.store(true, Ordering::SeqCst);
                     ready.store(true, Ordering::SeqCst);
                 }
-                self.enqueue(Work::All);
+                // Once every scope has listed (one scope's policies alone would uncover the
+                // releases another scope's policies select).
+                if unlisted.load(Ordering::SeqCst) == 0 {
+                    self.enqueue(Work::All);
+                }
             }
             Change::Applied(p) => {
                 let relevant = self.may_select(&p);

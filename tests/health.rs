@@ -84,7 +84,7 @@ async fn hook_fails(helm: Helm) {
     assert!(evidence(&doc).contains("Job app-fullstack-migrate (pre-upgrade hook): BackoffLimitExceeded"), "{}", evidence(&doc));
     assert_eq!(kinds(&doc), ["Failed", "HookOrphans"], "{doc:#}");
     let orphan = &finding(&doc, "HookOrphans").unwrap()["resources"][0];
-    assert_eq!((orphan["kind"].as_str(), orphan["name"].as_str(), orphan["state"].as_str()), (Some("Job"), Some("app-fullstack-migrate"), Some("failed")));
+    assert_eq!((orphan["apiVersion"].as_str(), orphan["kind"].as_str(), orphan["name"].as_str(), orphan["state"].as_str()), (Some("batch/v1"), Some("Job"), Some("app-fullstack-migrate"), Some("failed")));
     assert!(doc["next"].as_array().unwrap().iter().any(|c| c == &format!("kubectl logs job/app-fullstack-migrate -n {n} --all-containers")), "{doc:#}");
     assert_eq!(doc["history"][0]["status"], "failed");
     assert_eq!(doc["history"][1]["status"], "deployed");

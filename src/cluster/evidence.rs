@@ -91,7 +91,7 @@ pub async fn assess(store: &ReleaseStore, resolver: &Resolver, a: Assess<'_>) ->
                     .iter()
                     .filter(|h| h.present && (h.failed.is_some() || (h.running && !a.history.latest().status.is_pending())))
                     .map(|h| FindingResource {
-                        api_version: String::new(),
+                        api_version: h.api_version.clone(),
                         kind: h.kind.clone(),
                         namespace: Some(a.history.namespace.clone()),
                         name: h.name.clone(),
@@ -162,7 +162,7 @@ pub async fn gather(resolver: &Resolver, history: &ReleaseHistory, newest: &Rele
     for hook in &newest.hooks {
         let split = split_manifest(&hook.manifest);
         let Some(o) = split.objects.first() else { continue };
-        let mut state = HookState { kind: o.kind.clone(), name: o.name.clone(), events: hook.events.clone(), phase: hook.last_run.phase.clone(), ..Default::default() };
+        let mut state = HookState { api_version: o.api_version.clone(), kind: o.kind.clone(), name: o.name.clone(), events: hook.events.clone(), phase: hook.last_run.phase.clone(), ..Default::default() };
         if let Ok(kind) = resolver.resolve(&o.api_version, &o.kind).await
             && let Ok(Some(live)) = resolver.get_live(&kind, kind.namespace_of(o.namespace.as_deref(), ns).as_deref(), &o.name).await
         {

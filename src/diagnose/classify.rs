@@ -335,6 +335,7 @@ mod tests {
     #[test]
     fn causes_from_real_descriptions_events_and_pods() {
         let hook = |failed: Option<&str>, running: bool| HookState {
+            api_version: "batch/v1".into(),
             kind: "Job".into(),
             name: "web-migrate".into(),
             events: vec!["pre-upgrade".into()],
@@ -423,7 +424,7 @@ mod tests {
     #[test]
     fn a_hook_that_failed_says_its_condition_and_the_commands_name_it() {
         let e = Evidence {
-            hooks: vec![HookState { kind: "Job".into(), name: "web-migrate".into(), events: vec!["pre-upgrade".into()], phase: "Failed".into(), present: true, failed: Some("BackoffLimitExceeded: Job has reached the specified backoff limit".into()), running: false }],
+            hooks: vec![HookState { api_version: "batch/v1".into(), kind: "Job".into(), name: "web-migrate".into(), events: vec!["pre-upgrade".into()], phase: "Failed".into(), present: true, failed: Some("BackoffLimitExceeded: Job has reached the specified backoff limit".into()), running: false }],
             ..failed("pre-upgrade hooks failed")
         };
         let d = classify(&e);

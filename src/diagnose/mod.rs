@@ -43,6 +43,7 @@ pub struct Evidence {
 /// A hook of the newest revision and its live object.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HookState {
+    pub api_version: String,
     pub kind: String,
     pub name: String,
     /// `pre-upgrade`, …

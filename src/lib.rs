@@ -17,4 +17,5 @@ pub mod heal;
 pub mod helm;
 pub mod http;
 pub mod metrics;
+pub mod preview;
 pub mod report;

@@ -120,8 +120,48 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         pending_timeout: Option<String>,
     },
+    /// What the next upgrade or rollback does to every drifted field of a release
+    Preview {
+        #[command(subcommand)]
+        what: PreviewCommand,
+    },
     /// Print the CustomResourceDefinitions (crds/ holds this output)
     Crdgen,
+}
+
+#[derive(Subcommand, Debug)]
+enum PreviewCommand {
+    /// An upgrade to a rendered manifest: `helm template RELEASE CHART -n NS ... | driftwatch
+    /// preview upgrade RELEASE -n NS -f -`
+    Upgrade {
+        release: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// The new manifest, as `helm template` renders it (`-`: stdin)
+        #[arg(short = 'f', long = "filename", value_name = "RENDERED.yaml")]
+        rendered: String,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: DiagnoseOutput,
+        /// Exit 2 when any drifted field would be reverted, kept, or conflict
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Predict `helm upgrade --force-conflicts` (server-side apply)
+        #[arg(long)]
+        force_conflicts: bool,
+    },
+    /// A rollback to a revision (default: the one before the newest, as helm rollback)
+    Rollback {
+        release: String,
+        revision: Option<u32>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: DiagnoseOutput,
+        #[arg(long)]
+        detailed_exitcode: bool,
+        #[arg(long)]
+        force_conflicts: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -180,6 +220,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Diagnose { release, namespace, output, rendered } => diagnose(release, namespace, output, rendered).await,
         Command::Unlock { release, namespace, yes, force, pending_timeout } => unlock(release, namespace, yes, force, pending_timeout).await,
+        Command::Preview { what: PreviewCommand::Upgrade { release, namespace, rendered, output, detailed_exitcode, force_conflicts } } => {
+            let objects = rendered_objects(&rendered)?;
+            preview(release, namespace, Target::Rendered(objects), output, detailed_exitcode, force_conflicts).await
+        }
+        Command::Preview { what: PreviewCommand::Rollback { release, revision, namespace, output, detailed_exitcode, force_conflicts } } => {
+            preview(release, namespace, Target::Revision(revision), output, detailed_exitcode, force_conflicts).await
+        }
         Command::Crdgen => {
             emit(&driftwatch::api::crds_yaml())?;
             Ok(ExitCode::SUCCESS)
@@ -738,4 +785,58 @@ async fn unlock(release: String, namespace: Option<String>, yes: bool, force: bo
     };
     emit(&format!("Unlocked {ns}/{release}: revision {} is now failed (was {}).\nNext: {next}\n", latest.revision, unlocked.from))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a preview applies: a rendered manifest (upgrade) or a stored revision (rollback).
+enum Target {
+    Rendered(Vec<driftwatch::helm::DesiredObject>),
+    Revision(Option<u32>),
+}
+
+async fn preview(release: String, namespace: Option<String>, target: Target, output: DiagnoseOutput, detailed: bool, force: bool) -> anyhow::Result<ExitCode> {
+    let ns = scope(namespace, false).await?.unwrap_or_default();
+    let client = client().await?;
+    let store = driftwatch::cluster::ReleaseStore::new(client.clone());
+    let resolver = driftwatch::cluster::Resolver::new(client.clone());
+    let listing = store.list_release(&ns, &release).await;
+    if let Some(e) = listing.errors.first() {
+        anyhow::bail!("cannot read release {release} in namespace {ns}: {e}");
+    }
+    let Some(h) = driftwatch::helm::group_releases(listing.records).into_iter().next() else {
+        anyhow::bail!("release {release:?} not found in namespace {ns}");
+    };
+    let ignore = driftwatch::drift::IgnoreRules::default();
+    let settings = driftwatch::check::CheckSettings {
+        ignore: &ignore,
+        ignore_managers: &[],
+        operations_as_drift: false,
+        digest_key: None,
+        confirm: true,
+        concurrency: driftwatch::check::OBJECTS_AT_ONCE,
+        reuse: None,
+    };
+    let report = driftwatch::check::check_release(&store, &resolver, &h, None, &settings).await;
+    if let Some(e) = &report.error {
+        anyhow::bail!("cannot check release {ns}/{release}: {e}");
+    }
+    let reference = h.reference().context("no deployed revision")?;
+    let reference = driftwatch::check::decoded(&store, None, reference).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let (new, operation) = match target {
+        Target::Rendered(objects) => (objects, "upgrade"),
+        Target::Revision(n) => {
+            let n = n.unwrap_or(h.latest().revision.saturating_sub(1));
+            let record = h.revision(n).with_context(|| format!("release {ns}/{release} has no revision {n}"))?;
+            let d = driftwatch::check::decoded(&store, None, record).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            (d.split.objects.clone(), "rollback")
+        }
+    };
+    let mut doc = driftwatch::cli::preview::upgrade(&report, &reference.split.objects, &new, force);
+    doc.operation = operation.into();
+    doc.summary = doc.tally.sentence(operation);
+    let text = match output {
+        DiagnoseOutput::Json => serde_json::to_string_pretty(&doc)? + "\n",
+        DiagnoseOutput::Text => driftwatch::cli::preview::render_text(&doc),
+    };
+    emit(&text)?;
+    Ok(if detailed && doc.tally.consequential() { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }

@@ -6,4 +6,5 @@ pub mod check_output;
 pub mod diagnose;
 pub mod list;
 pub mod policy;
+pub mod preview;
 pub mod columns;

@@ -1,6 +1,7 @@
 //! What the next `helm upgrade` or `helm rollback` does to each drifted field (issue 16): a pure
 //! prediction over (the reference manifest's value, the new manifest's value, the live value, who
-//! owns the live value, the apply method). Not wired to a command yet.
+//! owns the live value, the apply method). `driftwatch preview upgrade|rollback` carries the
+//! drift check's fields and the new manifest to it ([`crate::cli::preview`]).
 //!
 //! The rules, from the sources Helm and Kubernetes follow, and checked against real helm v3.22
 //! and v4.3 on the local cluster (a kubectl-edit of a memory limit, a `kubectl scale`, a
@@ -104,6 +105,7 @@ pub fn predict_field(f: &FieldFacts, method: Method) -> (Outcome, Option<Value>)
 
 /// Counts of a preview, for its five-second summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Tally {
     pub reverted: usize,
     pub kept: usize,

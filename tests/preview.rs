@@ -127,3 +127,45 @@ async fn helm3_upgrade_does_what_the_preview_says() {
 async fn helm4_upgrade_does_what_the_preview_says() {
     upgrade_as_predicted(Helm::V4).await;
 }
+
+/// The seed's story: a memory limit edited after two upgrades; the rollback to the first
+/// revision, previewed, then run.
+async fn rollback_as_predicted(helm: Helm) {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, &format!("preview-rb-{}", helm.short())).await;
+    let n = ns.name.as_str();
+    helm.ok(&["install", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
+    helm.ok(&["upgrade", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT, "--set", "config.data.greeting=bonjour"]);
+    helm.ok(&["upgrade", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT, "--set", "config.data.greeting=hola"]);
+    kubectl(&["patch", "deploy", "app-fullstack", "-n", n, "--type=json", "-p", r#"[{"op":"replace","path":"/spec/template/spec/containers/0/resources/limits/memory","value":"1Gi"}]"#, "--field-manager=kubectl-edit"]);
+    let out = common::driftwatch(&["preview", "rollback", "app", "1", "-n", n, "-o", "json", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &doc["fields"][0];
+    assert_eq!((row["path"].as_str(), row["manager"].as_str()), (Some("/spec/template/spec/containers/0/resources/limits/memory"), Some("kubectl-edit")), "{doc:#}");
+    let rollback = helm.run(&["rollback", "app", "1", "-n", n]);
+    match row["outcome"].as_str().unwrap() {
+        "reverted" => {
+            assert!(rollback.status.success(), "{}", String::from_utf8_lossy(&rollback.stderr));
+            assert_eq!(doc["summary"], "this rollback reverts 1 manual change");
+        }
+        "conflict" => {
+            assert!(!rollback.status.success(), "a predicted conflict did not happen");
+            assert!(String::from_utf8_lossy(&rollback.stderr).contains("\"kubectl-edit\""), "{}", String::from_utf8_lossy(&rollback.stderr));
+        }
+        other => panic!("unexpected {other}: {doc:#}"),
+    }
+    let (agreed, disagreed) = compare(&doc, n);
+    assert!(disagreed.is_empty(), "{disagreed:#?}");
+    assert_eq!(agreed, 1);
+}
+
+#[tokio::test]
+async fn helm3_rollback_does_what_the_preview_says() {
+    rollback_as_predicted(Helm::V3).await;
+}
+
+#[tokio::test]
+async fn helm4_rollback_does_what_the_preview_says() {
+    rollback_as_predicted(Helm::V4).await;
+}

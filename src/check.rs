@@ -27,6 +27,14 @@ pub struct CheckSettings<'a> {
     pub reuse: Option<&'a dyn Reuse>,
 }
 
+impl<'a> CheckSettings<'a> {
+    /// The CLI's defaults: these ignore rules, no ignored manager, operations not counted, this
+    /// process's digest key, local verdicts confirmed by a dry-run, [`OBJECTS_AT_ONCE`].
+    pub fn new(ignore: &'a IgnoreRules) -> Self {
+        CheckSettings { ignore, ignore_managers: &[], operations_as_drift: false, digest_key: None, confirm: true, concurrency: OBJECTS_AT_ONCE, reuse: None }
+    }
+}
+
 /// Lets a re-check skip reading an object that has not changed since an earlier check: the
 /// controller knows each object's current [`change_token`] from its watches, and a verdict made
 /// from that same version of the object (same revision, same policy) still holds.

@@ -363,15 +363,7 @@ async fn check(namespace: Option<String>, all: bool, opts: CheckOpts) -> anyhow:
         anyhow::bail!("could not read Helm's release storage");
     }
     // No digest key: this run's own random one, so digests cannot be compared across runs.
-    let settings = CheckSettings {
-        ignore: &ignore,
-        ignore_managers: &ignore_managers,
-        operations_as_drift,
-        digest_key: None,
-        confirm: opts.confirm,
-        concurrency: driftwatch::check::OBJECTS_AT_ONCE,
-        reuse: None,
-    };
+    let settings = CheckSettings { ignore_managers: &ignore_managers, operations_as_drift, confirm: opts.confirm, ..CheckSettings::new(&ignore) };
     // Several releases at once (the API server answers in parallel); reported in order.
     use futures::StreamExt as _;
     let pending: Vec<_> = histories.iter().map(|h| check_release(&store, &resolver, h, opts.revision, &settings)).collect();
@@ -538,15 +530,7 @@ async fn diagnose(release: String, namespace: Option<String>, output: DiagnoseOu
     let mut doc = Document { name: release.clone(), namespace: ns.clone(), ..Default::default() };
     let mut found = false;
     let ignore = driftwatch::drift::IgnoreRules::default();
-    let settings = driftwatch::check::CheckSettings {
-        ignore: &ignore,
-        ignore_managers: &[],
-        operations_as_drift: false,
-        digest_key: None,
-        confirm: true,
-        concurrency: driftwatch::check::OBJECTS_AT_ONCE,
-        reuse: None,
-    };
+    let settings = driftwatch::check::CheckSettings::new(&ignore);
     let rendered_kinds: Vec<(String, String)> = rendered.iter().flatten().map(|o| (o.api_version.clone(), o.kind.clone())).collect();
     match histories.first() {
         None => {
@@ -582,7 +566,7 @@ async fn diagnose(release: String, namespace: Option<String>, output: DiagnoseOu
                 driftwatch::cluster::evidence::Assess { history: h, report: &report, thresholds, orphans, settings: &settings, always: true },
             )
             .await;
-            doc.diagnosis = assessed.findings.iter().find_map(|f| f.diagnosis.clone()).or_else(|| assessed.evidence.as_ref().map(driftwatch::diagnose::classify));
+            doc.diagnosis = assessed.diagnosis;
             doc.findings = assessed.findings;
             doc.drift = Some(DriftView {
                 revision: report.revision,
@@ -600,14 +584,24 @@ async fn diagnose(release: String, namespace: Option<String>, output: DiagnoseOu
             use futures::StreamExt as _;
             let newest: Vec<&driftwatch::helm::RecordMeta> = h.revisions.iter().rev().take(driftwatch::cli::diagnose::HISTORY).collect();
             let fetched: Vec<_> = futures::stream::iter(newest.iter().map(|r| store.fetch(r))).buffered(4).collect().await;
-            for (record, rel) in newest.iter().zip(fetched) {
+            let fetched: Vec<_> = fetched
+                .into_iter()
+                .map(|r| {
+                    r.map(|mut r| {
+                        r.config = Default::default();
+                        r
+                    })
+                })
+                .collect();
+            for (record, rel) in newest.iter().zip(&fetched) {
                 let (chart, app_version, updated, description) = match &rel {
                     Ok(r) => (format!("{}-{}", r.chart.metadata.name, r.chart.metadata.version), r.chart.metadata.app_version.clone(), r.info.last_deployed.map(|t| t.to_string()), r.info.description.clone()),
                     Err(e) => (String::new(), String::new(), None, format!("(record unreadable: {e})")),
                 };
                 doc.history.push(HistoryEntry { revision: record.revision, status: record.status.to_string(), chart, app_version, updated, description });
             }
-            if let Some(Ok(r)) = fetched_first(&newest, &store).await {
+            // The newest revision is the history's first entry, already read.
+            if let Some(Ok(r)) = fetched.first() {
                 doc.release = Some(ReleaseView {
                     revision: h.latest().revision,
                     status: h.latest().status.to_string(),
@@ -642,15 +636,6 @@ async fn diagnose(release: String, namespace: Option<String>, output: DiagnoseOu
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The newest record, decoded (for the release's chart and description).
-async fn fetched_first(newest: &[&driftwatch::helm::RecordMeta], store: &driftwatch::cluster::ReleaseStore) -> Option<Result<driftwatch::helm::Release, driftwatch::cluster::StorageError>> {
-    let first = newest.first()?;
-    Some(store.fetch(first).await.map(|mut r| {
-        r.config = Default::default();
-        r
-    }))
 }
 
 /// Objects of a rendered manifest that exist live and are not stamped for the release.
@@ -697,13 +682,7 @@ async fn unlock(release: String, namespace: Option<String>, yes: bool, force: bo
     let ns = scope(namespace, false).await?.unwrap_or_default();
     let client = client().await?;
     let store = driftwatch::cluster::ReleaseStore::new(client.clone());
-    let listing = store.list_release(&ns, &release).await;
-    if let Some(e) = listing.errors.first() {
-        anyhow::bail!("cannot read release {release} in namespace {ns}: {e}");
-    }
-    let Some(h) = driftwatch::helm::group_releases(listing.records).into_iter().next() else {
-        anyhow::bail!("release {release:?} not found in namespace {ns}");
-    };
+    let h = release_history(&store, &ns, &release).await?;
     let latest = h.latest().clone();
     if !latest.status.is_pending() {
         anyhow::bail!("release {ns}/{release} is not locked: its newest revision {} is {}; nothing to unlock", latest.revision, latest.status);
@@ -798,23 +777,9 @@ async fn preview(release: String, namespace: Option<String>, target: Target, out
     let client = client().await?;
     let store = driftwatch::cluster::ReleaseStore::new(client.clone());
     let resolver = driftwatch::cluster::Resolver::new(client.clone());
-    let listing = store.list_release(&ns, &release).await;
-    if let Some(e) = listing.errors.first() {
-        anyhow::bail!("cannot read release {release} in namespace {ns}: {e}");
-    }
-    let Some(h) = driftwatch::helm::group_releases(listing.records).into_iter().next() else {
-        anyhow::bail!("release {release:?} not found in namespace {ns}");
-    };
+    let h = release_history(&store, &ns, &release).await?;
     let ignore = driftwatch::drift::IgnoreRules::default();
-    let settings = driftwatch::check::CheckSettings {
-        ignore: &ignore,
-        ignore_managers: &[],
-        operations_as_drift: false,
-        digest_key: None,
-        confirm: true,
-        concurrency: driftwatch::check::OBJECTS_AT_ONCE,
-        reuse: None,
-    };
+    let settings = driftwatch::check::CheckSettings::new(&ignore);
     let report = driftwatch::check::check_release(&store, &resolver, &h, None, &settings).await;
     if let Some(e) = &report.error {
         anyhow::bail!("cannot check release {ns}/{release}: {e}");
@@ -839,4 +804,17 @@ async fn preview(release: String, namespace: Option<String>, target: Target, out
     };
     emit(&text)?;
     Ok(if detailed && doc.tally.consequential() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+/// A release's records (both drivers); an error when either driver cannot be read or the
+/// release has none.
+async fn release_history(store: &driftwatch::cluster::ReleaseStore, ns: &str, release: &str) -> anyhow::Result<driftwatch::helm::ReleaseHistory> {
+    let listing = store.list_release(ns, release).await;
+    if let Some(e) = listing.errors.first() {
+        anyhow::bail!("cannot read release {release} in namespace {ns}: {e}");
+    }
+    let Some(h) = driftwatch::helm::group_releases(listing.records).into_iter().next() else {
+        anyhow::bail!("release {release:?} not found in namespace {ns}");
+    };
+    Ok(h)
 }

@@ -163,10 +163,7 @@ async fn already_exists(helm: Helm) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("helm template app CHART"), "{}", String::from_utf8_lossy(&out.stderr));
     // With what helm renders, piped in.
     let rendered = helm.ok(&["template", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(["diagnose", "app", "-n", n, "-o", "json", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(rendered.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::driftwatch_stdin(&["diagnose", "app", "-n", n, "-o", "json", "-f", "-"], &rendered);
     assert_eq!(out.status.code(), Some(0));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cause(&doc), "ResourceAlreadyExists", "{doc:#}");

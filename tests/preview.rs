@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::{Helm, TestNamespace, kubectl, kubectl_stdin};
 use serde_json::Value;
 
@@ -17,10 +15,7 @@ fn preview(helm: Helm, n: &str, extra: &[&str]) -> Value {
     let rendered = helm.ok(&["template", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
     let mut args = vec!["preview", "upgrade", "app", "-n", n, "-f", "-", "-o", "json"];
     args.extend_from_slice(extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(rendered.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::driftwatch_stdin(&args, &rendered);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -37,12 +37,12 @@ pub struct Assess<'a> {
     pub always: bool,
 }
 
-/// The findings of a release, and the evidence gathered for them (None: nothing was read).
+/// The findings of a release, and the diagnosis of its newest revision when its evidence was read.
 pub struct Assessment {
     pub findings: Vec<Finding>,
-    pub evidence: Option<Evidence>,
-    /// The newest revision, decoded (values dropped), when it was read.
-    pub newest: Option<Release>,
+    /// The diagnosis of the newest revision, when its evidence was read (also on the `Failed`
+    /// or `StuckPending` finding, when there is one).
+    pub diagnosis: Option<crate::report::Diagnosis>,
     /// API requests made besides the resolver's (which counts its own).
     pub requests: usize,
 }
@@ -62,7 +62,7 @@ fn needs_evidence(history: &ReleaseHistory, t: Thresholds, always: bool) -> bool
 }
 
 pub async fn assess(store: &ReleaseStore, resolver: &Resolver, a: Assess<'_>) -> Assessment {
-    let mut out = Assessment { findings: Vec::new(), evidence: None, newest: None, requests: 0 };
+    let mut out = Assessment { findings: Vec::new(), diagnosis: None, requests: 0 };
     let mut facts = HealthFacts {
         history: a.history,
         now: jiff::Timestamp::now(),
@@ -76,7 +76,7 @@ pub async fn assess(store: &ReleaseStore, resolver: &Resolver, a: Assess<'_>) ->
     if needs_evidence(a.history, a.thresholds, a.always) {
         out.requests += 1;
         match store.fetch(a.history.latest()).await {
-            Ok(mut newest) => {
+            Ok(newest) => {
                 let split = split_manifest(&newest.manifest);
                 let secrets: Vec<&Value> = split.objects.iter().filter(|o| o.kind == "Secret").map(|o| &o.object).collect();
                 let mut public: String = split.objects.iter().filter(|o| o.kind != "Secret").map(|o| o.object.to_string()).collect();
@@ -102,10 +102,6 @@ pub async fn assess(store: &ReleaseStore, resolver: &Resolver, a: Assess<'_>) ->
                 if a.history.latest().status == ReleaseStatus::Failed && a.report.error.is_none() {
                     facts.partial = partial(resolver, a.report, &split.objects, &a.history.namespace, newest.info.last_deployed, a.settings).await;
                 }
-                out.evidence = Some(evidence);
-                newest.config = Default::default();
-                newest.manifest = String::new();
-                out.newest = Some(newest);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the newest revision for its diagnosis");
@@ -113,6 +109,7 @@ pub async fn assess(store: &ReleaseStore, resolver: &Resolver, a: Assess<'_>) ->
         }
     }
     out.findings = diagnose::findings(&facts);
+    out.diagnosis = facts.diagnosis;
     out
 }
 

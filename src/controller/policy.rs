@@ -44,6 +44,19 @@ impl CompiledPolicy {
         }
     }
 
+    /// How this policy compares a desired object with a live one (its ignore rules, managers
+    /// and switches), one object at a time, with no dry-run: the heal's and the findings'
+    /// comparisons; the check sets its own key, confirmation, concurrency and reuse on top.
+    pub fn check_settings(&self) -> crate::check::CheckSettings<'_> {
+        crate::check::CheckSettings {
+            ignore_managers: &self.policy.spec.ignore_managers,
+            operations_as_drift: self.policy.spec.operations_as_drift,
+            confirm: false,
+            concurrency: 1,
+            ..crate::check::CheckSettings::new(&self.ignore)
+        }
+    }
+
     pub fn spec(&self) -> &DriftPolicySpec {
         &self.policy.spec
     }

@@ -22,6 +22,11 @@ use crate::check::{CheckSettings, check_release_cached};
 use crate::helm::{RecordMeta, ReleaseHistory, group_releases};
 use crate::report::{ReleaseReport, ResourceReport};
 
+/// An object of the index (kind, id) as a finding names it.
+fn stamped_resource(((api_version, kind), (ns, name)): (super::index::KindKey, super::index::ObjectId)) -> crate::report::FindingResource {
+    crate::report::FindingResource { api_version, kind, namespace: (!ns.is_empty()).then_some(ns), name, state: None, detail: None }
+}
+
 /// A release's earlier verdicts, offered to a re-check for the objects the watches show
 /// unchanged.
 struct Prior<'a> {
@@ -143,13 +148,6 @@ impl Controller {
     /// verdict on the same revision (no read), else from the reference revision (decoded once,
     /// cached, and used by the check). An unreadable record leaves the chart filter out.
     async fn choose_policy(&self, key: &ReleaseKey, history: &ReleaseHistory, earlier: Option<&Verdicts>) -> Option<Arc<CompiledPolicy>> {
-        let policies: Vec<Arc<CompiledPolicy>> = self.policies.read().expect("policies").iter().filter(|p| p.usable()).cloned().collect();
-        let namespace_labels = if policies.iter().any(|p| p.spec().release_selector.namespace_selector.is_some()) {
-            let api: Api<Namespace> = Api::all(self.client.clone());
-            api.get_metadata_opt(&key.0).await.ok().flatten().and_then(|n| n.metadata.labels).unwrap_or_default()
-        } else {
-            BTreeMap::new()
-        };
         let reference = history.reference().map(|r| r.revision).unwrap_or_default();
         let chart = match earlier.filter(|v| v.revision == reference && !v.report.chart.is_empty()) {
             Some(v) => Some(v.report.chart.clone()),
@@ -158,8 +156,20 @@ impl Controller {
                 None => None,
             },
         };
-        let labels = &history.latest().labels;
-        let facts = ReleaseFacts { namespace: &key.0, name: &key.1, chart: chart.as_deref(), labels, namespace_labels: &namespace_labels };
+        self.policy_for(key, chart.as_deref(), &history.latest().labels).await
+    }
+
+    /// The winning usable policy for a release of this chart (None: unknown) and record labels;
+    /// the namespace's labels are read only when some policy selects by them.
+    async fn policy_for(&self, key: &ReleaseKey, chart: Option<&str>, labels: &BTreeMap<String, String>) -> Option<Arc<CompiledPolicy>> {
+        let policies: Vec<Arc<CompiledPolicy>> = self.policies.read().expect("policies").iter().filter(|p| p.usable()).cloned().collect();
+        let namespace_labels = if policies.iter().any(|p| p.spec().release_selector.namespace_selector.is_some()) {
+            let api: Api<Namespace> = Api::all(self.client.clone());
+            api.get_metadata_opt(&key.0).await.ok().flatten().and_then(|n| n.metadata.labels).unwrap_or_default()
+        } else {
+            BTreeMap::new()
+        };
+        let facts = ReleaseFacts { namespace: &key.0, name: &key.1, chart, labels, namespace_labels: &namespace_labels };
         winner(&self.settings.tenancy, &policies, &facts).cloned()
     }
 
@@ -176,13 +186,11 @@ impl Controller {
         }
         let prior = Prior { ctl: self, resources: earlier.map(|v| v.report.resources).unwrap_or_default() };
         let settings = CheckSettings {
-            ignore: &policy.ignore,
-            ignore_managers: &policy.spec().ignore_managers,
-            operations_as_drift: policy.spec().operations_as_drift,
             digest_key: Some(&self.digest_key),
             confirm: self.settings.confirm,
             concurrency: crate::check::OBJECTS_AT_ONCE,
             reuse: Some(&prior),
+            ..policy.check_settings()
         };
         check_release_cached(&self.store, &self.resolver, Some(&self.cache), history, None, &settings).await
     }
@@ -229,8 +237,9 @@ impl Controller {
         for r in report.resources.iter().filter(|r| !r.kind.is_empty()) {
             self.watch_kind(&r.api_version, &r.kind).await;
         }
-        report.findings = self.findings(key, &history, &report, &policy).await;
-        if let Some(delay) = crate::diagnose::stuck_in(&history, crate::diagnose::Thresholds::of(&policy.spec().health), jiff::Timestamp::now()) {
+        let thresholds = crate::diagnose::Thresholds::of(&policy.spec().health);
+        report.findings = self.findings(key, &history, &report, &policy, thresholds).await;
+        if let Some(delay) = crate::diagnose::stuck_in(&history, thresholds, jiff::Timestamp::now()) {
             self.enqueue_after(Work::Release(key.0.clone(), key.1.clone()), delay);
         }
         let previous = self.previous(key).await;
@@ -252,21 +261,11 @@ impl Controller {
         let decision = decide::report(Facts { key, report: &report, history: Some(&history), policy: &policy, previous: previous.as_ref(), heal: heal.as_ref(), heal_events, now });
         self.metrics.set_release(&decision.built.series(&report));
         self.metrics.set_findings(&key.0, &key.1, &report.findings.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>());
-        if let Some(write) = decision.write {
-            match self.writer.send(&write).await {
-                Ok(Sent::Written) => {
-                    tracing::info!(namespace = key.0, release = key.1, drifted = decision.built.drifted, "DriftReport written");
-                    self.index().wrote(key.clone(), decision.memo, false);
-                    if decision.policy_counts_change {
-                        self.enqueue(Work::PolicyStatus);
-                    }
-                }
-                Ok(Sent::Dropped) => {}
-                Err(e) => {
-                    tracing::warn!(namespace = key.0, release = key.1, error = %e, "cannot write the DriftReport");
-                    return Settled::Retry;
-                }
-            }
+        let drifted = decision.built.drifted;
+        match self.send_report(key, decision).await {
+            Ok(true) => tracing::info!(namespace = key.0, release = key.1, drifted, "DriftReport written"),
+            Ok(false) => {}
+            Err(()) => return Settled::Retry,
         }
         if report.transient { Settled::Retry } else { Settled::Done }
     }
@@ -276,7 +275,7 @@ impl Controller {
     /// objects stamped for it that its manifest lacks come from the watches' index, and only
     /// for a deployed release (during an upgrade, or after a failed one, the newer revision's
     /// objects are not orphans). Hook objects are never in the index.
-    async fn findings(&self, key: &ReleaseKey, history: &ReleaseHistory, report: &ReleaseReport, policy: &CompiledPolicy) -> Vec<crate::report::Finding> {
+    async fn findings(&self, key: &ReleaseKey, history: &ReleaseHistory, report: &ReleaseReport, policy: &CompiledPolicy, thresholds: crate::diagnose::Thresholds) -> Vec<crate::report::Finding> {
         let orphans = if history.latest().status == crate::helm::ReleaseStatus::Deployed && report.error.is_none() {
             let stamped = self.index().stamped_for(key);
             stamped
@@ -284,24 +283,16 @@ impl Controller {
                 .filter(|((api_version, kind), (ns, name))| {
                     !report.resources.iter().any(|r| &r.api_version == api_version && &r.kind == kind && r.namespace.as_deref().unwrap_or("") == ns && &r.name == name)
                 })
-                .map(|((api_version, kind), (ns, name))| crate::report::FindingResource { api_version, kind, namespace: (!ns.is_empty()).then_some(ns), name, state: None, detail: None })
+                .map(stamped_resource)
                 .collect()
         } else {
             Vec::new()
         };
-        let settings = CheckSettings {
-            ignore: &policy.ignore,
-            ignore_managers: &policy.spec().ignore_managers,
-            operations_as_drift: policy.spec().operations_as_drift,
-            digest_key: Some(&self.digest_key),
-            confirm: false,
-            concurrency: 1,
-            reuse: None,
-        };
+        let settings = CheckSettings { digest_key: Some(&self.digest_key), ..policy.check_settings() };
         let assess = crate::cluster::evidence::Assess {
             history,
             report,
-            thresholds: crate::diagnose::Thresholds::of(&policy.spec().health),
+            thresholds,
             orphans,
             settings: &settings,
             always: false,
@@ -330,25 +321,11 @@ impl Controller {
         if stamped.is_empty() {
             return self.drop_report(key, "the release is gone").await;
         }
-        let policy = {
-            let policies: Vec<Arc<CompiledPolicy>> = self.policies.read().expect("policies").iter().filter(|p| p.usable()).cloned().collect();
-            let none = BTreeMap::new();
-            let namespace_labels = if policies.iter().any(|p| p.spec().release_selector.namespace_selector.is_some()) {
-                let api: Api<Namespace> = Api::all(self.client.clone());
-                api.get_metadata_opt(&key.0).await.ok().flatten().and_then(|n| n.metadata.labels).unwrap_or_default()
-            } else {
-                BTreeMap::new()
-            };
-            let facts = ReleaseFacts { namespace: &key.0, name: &key.1, chart: None, labels: &none, namespace_labels: &namespace_labels };
-            winner(&self.settings.tenancy, &policies, &facts).cloned()
-        };
-        let Some(policy) = policy else {
+        // The chart and the record labels went with the records: those filters cannot apply.
+        let Some(policy) = self.policy_for(key, None, &BTreeMap::new()).await else {
             return self.drop_report(key, "no policy covers the release").await;
         };
-        let objects: Vec<crate::report::FindingResource> = stamped
-            .into_iter()
-            .map(|((api_version, kind), (ns, name))| crate::report::FindingResource { api_version, kind, namespace: (!ns.is_empty()).then_some(ns), name, state: None, detail: None })
-            .collect();
+        let objects: Vec<crate::report::FindingResource> = stamped.into_iter().map(stamped_resource).collect();
         let count = objects.len();
         let report = ReleaseReport {
             findings: vec![crate::diagnose::lost_records(&key.0, &key.1, objects)],
@@ -364,23 +341,33 @@ impl Controller {
         // Not a Helm release any more: no helm_release_* series, only the finding.
         self.metrics.forget_release(&key.0, &key.1);
         self.metrics.set_findings(&key.0, &key.1, &["LostRecords"]);
-        if let Some(write) = decision.write {
-            match self.writer.send(&write).await {
-                Ok(Sent::Written) => {
-                    tracing::warn!(namespace = key.0, release = key.1, objects = count, "release records lost: objects are stamped for a release with no record");
-                    self.index().wrote(key.clone(), decision.memo, false);
-                    if decision.policy_counts_change {
-                        self.enqueue(Work::PolicyStatus);
-                    }
-                }
-                Ok(Sent::Dropped) => {}
-                Err(e) => {
-                    tracing::warn!(namespace = key.0, release = key.1, error = %e, "cannot write the DriftReport");
-                    return Settled::Retry;
-                }
-            }
+        match self.send_report(key, decision).await {
+            Ok(true) => tracing::warn!(namespace = key.0, release = key.1, objects = count, "release records lost: objects are stamped for a release with no record"),
+            Ok(false) => {}
+            Err(()) => return Settled::Retry,
         }
         Settled::Done
+    }
+
+    /// Sends a decision's report (if it has one to write) and remembers it once written.
+    /// Ok(true): written; Ok(false): nothing to write, or dropped (not the leader); Err: the
+    /// write failed (logged), worth retrying.
+    async fn send_report(&self, key: &ReleaseKey, decision: decide::Decision) -> Result<bool, ()> {
+        let Some(write) = decision.write else { return Ok(false) };
+        match self.writer.send(&write).await {
+            Ok(Sent::Written) => {
+                self.index().wrote(key.clone(), decision.memo, false);
+                if decision.policy_counts_change {
+                    self.enqueue(Work::PolicyStatus);
+                }
+                Ok(true)
+            }
+            Ok(Sent::Dropped) => Ok(false),
+            Err(e) => {
+                tracing::warn!(namespace = key.0, release = key.1, error = %e, "cannot write the DriftReport");
+                Err(())
+            }
+        }
     }
 
     /// The release is gone or uncovered: forget it and delete its report.
@@ -444,15 +431,7 @@ impl Controller {
                         None => None,
                     };
                     if let Some(decoded) = decoded {
-                        let compare = CheckSettings {
-                            ignore: &policy.ignore,
-                            ignore_managers: &policy.spec().ignore_managers,
-                            operations_as_drift: policy.spec().operations_as_drift,
-                            digest_key: None,
-                            confirm: false,
-                            concurrency: 1,
-                            reuse: None,
-                        };
+                        let compare = policy.check_settings();
                         let observed = crate::cluster::heal::observe(&self.resolver, &decoded, report, &compare).await;
                         let window = crate::heal::CONTEST_WINDOW.max(policy.heal_after);
                         let mut plan = crate::heal::plan(observed, spec, decoded.release.apply_method, &mut st, window, Instant::now());

@@ -358,6 +358,14 @@ pub fn driftwatch(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(args).output().expect("driftwatch runs")
 }
 
+/// `driftwatch` as a process with `input` on its standard input (`-f -`).
+pub fn driftwatch_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// `check RELEASE -n NS -o json --detailed-exitcode` → (exit code, the release's report).
 pub fn check(release: &str, ns: &str, extra: &[&str]) -> (i32, Value) {
     let mut args = vec!["check", release, "-n", ns, "-o", "json", "--detailed-exitcode"];

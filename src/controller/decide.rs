@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use kube::runtime::events::{Event, EventType};
 use serde_json::json;
 
-use super::index::{Memo, ReleaseKey};
+use super::index::{KindKey, Memo, ObjectId, ReleaseKey};
 use super::policy::CompiledPolicy;
 use super::status::{self, Built, HealView};
 use super::writer::Write;
-use crate::helm::ReleaseHistory;
-use crate::report::ReleaseReport;
+use crate::helm::{ReleaseHistory, ReleaseStatus};
+use crate::report::{FindingResource, ReleaseReport};
 
 /// How often an unchanged report's lastCheckTime is refreshed: once in 1–2 h (or the policy
 /// interval, if longer), spread by release so that a thousand unchanged reports are not a
@@ -79,6 +79,39 @@ pub fn report(f: Facts) -> Decision {
     let policy_counts_change = f.previous.is_none_or(|m| m.drifted != built.drifted || m.policy != f.policy.key);
     let memo = Memo { policy: f.policy.key.clone(), drifted: built.drifted, unhealthy: built.unhealthy, status: built.written.clone(), written_at: Instant::now() };
     Decision { built, write, memo, policy_counts_change }
+}
+
+/// An object of the index (kind, id) as a finding names it.
+pub fn stamped_resource(((api_version, kind), (ns, name)): (KindKey, ObjectId)) -> FindingResource {
+    FindingResource { api_version, kind, namespace: (!ns.is_empty()).then_some(ns), name, state: None, detail: None }
+}
+
+/// The objects stamped for a release that its manifest lacks (`OrphanedResources`): only for
+/// a deployed release that could be checked (during an upgrade, or after a failed one, the
+/// newer revision's objects are not orphans).
+pub fn orphans(stamped: Vec<(KindKey, ObjectId)>, latest: &ReleaseStatus, report: &ReleaseReport) -> Vec<FindingResource> {
+    if *latest != ReleaseStatus::Deployed || report.error.is_some() {
+        return Vec::new();
+    }
+    stamped
+        .into_iter()
+        .filter(|((api_version, kind), (ns, name))| {
+            !report.resources.iter().any(|r| &r.api_version == api_version && &r.kind == kind && r.namespace.as_deref().unwrap_or("") == ns && &r.name == name)
+        })
+        .map(stamped_resource)
+        .collect()
+}
+
+/// The report of a release with no record left whose objects are still live and stamped for
+/// it (`LostRecords`): nothing to compare against, and the finding names the objects.
+pub fn lost_records_report(key: &ReleaseKey, objects: Vec<FindingResource>) -> ReleaseReport {
+    let count = objects.len();
+    ReleaseReport {
+        findings: vec![crate::diagnose::lost_records(&key.0, &key.1, objects)],
+        error: Some(format!("release {} has no Helm record left ({count} object(s) are still stamped for it): nothing to compare against", key.1)),
+        error_kind: Some(crate::report::CheckErrorKind::NoRecords),
+        ..ReleaseReport::new(&key.1, &key.0, 0, ReleaseStatus::Unknown)
+    }
 }
 
 /// A policy status as last written: what it said (without times), since when its `Ready`
@@ -171,6 +204,39 @@ mod tests {
         assert!(matches!(&resolved.write, Some(Write::Report { exists: true, .. })));
         assert_eq!(reasons(&resolved), vec!["DriftResolved"]);
         assert!(resolved.policy_counts_change);
+    }
+
+    fn stamped(objects: &[(&str, &str, &str, &str)]) -> Vec<(KindKey, ObjectId)> {
+        objects.iter().map(|(av, k, ns, n)| ((av.to_string(), k.to_string()), (ns.to_string(), n.to_string()))).collect()
+    }
+
+    #[test]
+    fn orphans_are_stamped_objects_the_manifest_lacks_of_a_deployed_checked_release() {
+        // The report covers ConfigMap prod/cm; a Secret and a ClusterRole are stamped too.
+        let live = stamped(&[("v1", "ConfigMap", "prod", "cm"), ("v1", "Secret", "prod", "old"), ("rbac.authorization.k8s.io/v1", "ClusterRole", "", "viewer")]);
+        let found = orphans(live.clone(), &ReleaseStatus::Deployed, &checked(false));
+        let names: Vec<(Option<&str>, &str)> = found.iter().map(|r| (r.namespace.as_deref(), r.name.as_str())).collect();
+        assert_eq!(names, vec![(Some("prod"), "old"), (None, "viewer")], "cluster-scoped objects have no namespace");
+        // Mid-upgrade or after a failure, the newer revision's objects are not orphans.
+        for status in [ReleaseStatus::PendingUpgrade, ReleaseStatus::Failed] {
+            assert!(orphans(live.clone(), &status, &checked(false)).is_empty(), "{status}");
+        }
+        // A release that could not be checked has no list of its own objects to compare with.
+        let mut broken = checked(false);
+        broken.error = Some("cannot decode".into());
+        assert!(orphans(live, &ReleaseStatus::Deployed, &broken).is_empty());
+    }
+
+    #[test]
+    fn a_release_with_no_record_left_is_reported_as_lost_with_its_objects() {
+        let objects: Vec<FindingResource> = stamped(&[("apps/v1", "Deployment", "prod", "web"), ("v1", "Service", "prod", "web")]).into_iter().map(stamped_resource).collect();
+        let r = lost_records_report(&key(), objects);
+        assert_eq!((r.name.as_str(), r.namespace.as_str(), r.revision), ("shop", "prod", 0));
+        assert_eq!(r.error_kind, Some(CheckErrorKind::NoRecords));
+        assert!(r.error.as_deref().unwrap().contains("2 object(s) are still stamped"), "{:?}", r.error);
+        assert_eq!(r.findings.len(), 1);
+        assert_eq!(r.findings[0].kind.as_str(), "LostRecords");
+        assert_eq!(r.findings[0].resources.len(), 2);
     }
 
     #[test]

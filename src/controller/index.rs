@@ -132,6 +132,15 @@ pub struct Verdicts {
     pub latest: (u32, ReleaseStatus),
 }
 
+impl Verdicts {
+    /// Whether these verdicts can serve a check of the same release now: the same reference
+    /// revision, the same policy, and the same newest revision in the same state (a pending
+    /// revision changes what counts as drift).
+    pub fn hold_for(&self, reference: u32, policy: &str, latest: &(u32, ReleaseStatus)) -> bool {
+        self.revision == reference && self.policy == policy && &self.latest == latest
+    }
+}
+
 /// What was last written for a release (or found written at start-up).
 #[derive(Clone, Debug)]
 pub struct Memo {
@@ -372,6 +381,16 @@ mod tests {
         let mut report = crate::controller::status::tests::report(false);
         report.resources = resources;
         Verdicts { revision: 1, policy: "p@1".into(), report, latest: (1, ReleaseStatus::Deployed) }
+    }
+
+    #[test]
+    fn verdicts_hold_only_for_the_same_reference_policy_and_newest_revision() {
+        let v = verdicts_on(&[]);
+        assert!(v.hold_for(1, "p@1", &(1, ReleaseStatus::Deployed)));
+        assert!(!v.hold_for(2, "p@1", &(2, ReleaseStatus::Deployed)), "an upgrade moves the reference");
+        assert!(!v.hold_for(1, "p@2", &(1, ReleaseStatus::Deployed)), "the policy changed");
+        assert!(!v.hold_for(1, "q@1", &(1, ReleaseStatus::Deployed)), "another policy won");
+        assert!(!v.hold_for(1, "p@1", &(2, ReleaseStatus::PendingUpgrade)), "a pending revision changes what counts as drift");
     }
 
     #[test]

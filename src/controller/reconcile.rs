@@ -22,11 +22,6 @@ use crate::check::{CheckSettings, check_release_cached};
 use crate::helm::{RecordMeta, ReleaseHistory, group_releases};
 use crate::report::{ReleaseReport, ResourceReport};
 
-/// An object of the index (kind, id) as a finding names it.
-fn stamped_resource(((api_version, kind), (ns, name)): (super::index::KindKey, super::index::ObjectId)) -> crate::report::FindingResource {
-    crate::report::FindingResource { api_version, kind, namespace: (!ns.is_empty()).then_some(ns), name, state: None, detail: None }
-}
-
 /// A release's earlier verdicts, offered to a re-check for the objects the watches show
 /// unchanged.
 struct Prior<'a> {
@@ -177,9 +172,7 @@ impl Controller {
     async fn check(&self, history: &ReleaseHistory, policy: &CompiledPolicy, earlier: Option<Verdicts>) -> ReleaseReport {
         let reference = history.reference().map(|r| r.revision).unwrap_or_default();
         let latest = (history.latest().revision, history.latest().status.clone());
-        // Verdicts hold for the same reference, policy and newest revision (a pending revision
-        // changes what counts as drift).
-        let earlier = earlier.filter(|v| v.revision == reference && v.policy == policy.fingerprint && v.latest == latest);
+        let earlier = earlier.filter(|v| v.hold_for(reference, &policy.fingerprint, &latest));
         let unchanged = earlier.as_ref().and_then(|v| self.index().still_valid(v));
         if let Some(report) = unchanged {
             return report;
@@ -276,18 +269,7 @@ impl Controller {
     /// for a deployed release (during an upgrade, or after a failed one, the newer revision's
     /// objects are not orphans). Hook objects are never in the index.
     async fn findings(&self, key: &ReleaseKey, history: &ReleaseHistory, report: &ReleaseReport, policy: &CompiledPolicy, thresholds: crate::diagnose::Thresholds) -> Vec<crate::report::Finding> {
-        let orphans = if history.latest().status == crate::helm::ReleaseStatus::Deployed && report.error.is_none() {
-            let stamped = self.index().stamped_for(key);
-            stamped
-                .into_iter()
-                .filter(|((api_version, kind), (ns, name))| {
-                    !report.resources.iter().any(|r| &r.api_version == api_version && &r.kind == kind && r.namespace.as_deref().unwrap_or("") == ns && &r.name == name)
-                })
-                .map(stamped_resource)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let orphans = decide::orphans(self.index().stamped_for(key), &history.latest().status, report);
         let settings = CheckSettings { digest_key: Some(&self.digest_key), ..policy.check_settings() };
         let assess = crate::cluster::evidence::Assess {
             history,
@@ -325,14 +307,9 @@ impl Controller {
         let Some(policy) = self.policy_for(key, None, &BTreeMap::new()).await else {
             return self.drop_report(key, "no policy covers the release").await;
         };
-        let objects: Vec<crate::report::FindingResource> = stamped.into_iter().map(stamped_resource).collect();
+        let objects: Vec<crate::report::FindingResource> = stamped.into_iter().map(decide::stamped_resource).collect();
         let count = objects.len();
-        let report = ReleaseReport {
-            findings: vec![crate::diagnose::lost_records(&key.0, &key.1, objects)],
-            error: Some(format!("release {} has no Helm record left ({count} object(s) are still stamped for it): nothing to compare against", key.1)),
-            error_kind: Some(crate::report::CheckErrorKind::NoRecords),
-            ..ReleaseReport::new(&key.1, &key.0, 0, crate::helm::ReleaseStatus::Unknown)
-        };
+        let report = decide::lost_records_report(key, objects);
         self.index().take_verdicts(key);
         self.cache.forget(&key.0, &key.1);
         let previous = self.previous(key).await;

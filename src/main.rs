@@ -795,9 +795,24 @@ async fn preview(release: String, namespace: Option<String>, target: Target, out
             (d.split.objects.clone(), "rollback")
         }
     };
-    let mut doc = driftwatch::cli::preview::upgrade(&report, &reference.split.objects, &new, force);
-    doc.operation = operation.into();
-    doc.summary = doc.tally.sentence(operation);
+    // The live objects with their managedFields, for the fields other managers own that have
+    // not drifted (one GET per object present; the check read the same ones).
+    let mut live = Vec::new();
+    for r in report.resources.iter().filter(|r| r.state != driftwatch::drift::ObjectState::Missing) {
+        let Ok(kind) = resolver.resolve(&r.api_version, &r.kind).await else { continue };
+        if let Ok(Some(object)) = resolver.get_live(&kind, r.namespace.as_deref(), &r.name).await {
+            live.push(object);
+        }
+    }
+    let doc = driftwatch::cli::preview::preview(driftwatch::cli::preview::Inputs {
+        report: &report,
+        reference: &reference.split.objects,
+        new: &new,
+        live: &live,
+        force,
+        operation,
+        now: jiff::Timestamp::now(),
+    });
     let text = match output {
         DiagnoseOutput::Json => serde_json::to_string_pretty(&doc)? + "\n",
         DiagnoseOutput::Text => driftwatch::cli::preview::render_text(&doc),

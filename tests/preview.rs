@@ -12,7 +12,12 @@ use serde_json::Value;
 const LIGHT: &str = "statefulset.enabled=false,cache.enabled=false,replicaCount=1,web.sidecar.enabled=false,web.resources.requests.cpu=10m,hookJob.enabled=false";
 
 fn preview(helm: Helm, n: &str, extra: &[&str]) -> Value {
-    let rendered = helm.ok(&["template", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
+    preview_with(helm, n, LIGHT, extra)
+}
+
+/// `helm template` with these values, piped to `driftwatch preview upgrade … -o json`.
+fn preview_with(helm: Helm, n: &str, values: &str, extra: &[&str]) -> Value {
+    let rendered = helm.ok(&["template", "app", &common::chart("fullstack"), "-n", n, "--set", values]);
     let mut args = vec!["preview", "upgrade", "app", "-n", n, "-f", "-", "-o", "json"];
     args.extend_from_slice(extra);
     let out = common::driftwatch_stdin(&args, &rendered);
@@ -20,29 +25,65 @@ fn preview(helm: Helm, n: &str, extra: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn live(kind: &str, n: &str) -> Value {
-    serde_json::from_str(&kubectl(&["get", kind, "app-fullstack", "-n", n, "-o", "json"])).unwrap()
+fn live(kind: &str, name: &str, n: &str) -> Option<Value> {
+    let out = std::process::Command::new("kubectl").args(["get", kind, name, "-n", n, "-o", "json"]).output().unwrap();
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
-/// Each predicted field against the live state after the real operation: (agreed, lines).
-fn compare(doc: &Value, n: &str) -> (usize, Vec<String>) {
+/// The drifted fields' rows, as "outcome Kind path".
+fn drifted_rows(doc: &Value) -> Vec<String> {
+    rows(doc, true)
+}
+
+fn rows(doc: &Value, drift: bool) -> Vec<String> {
+    doc["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["drift"].as_bool() == Some(drift))
+        .map(|r| format!("{} {} {}", r["outcome"].as_str().unwrap(), r["kind"].as_str().unwrap(), r["path"].as_str().unwrap()))
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort_by(|a, b| a.split_once(' ').map(|x| x.1).cmp(&b.split_once(' ').map(|x| x.1)));
+    v
+}
+
+/// Each predicted row against the live state after the real operation: (agreed, lines).
+/// `only`: compare the rows with these outcomes (all when empty).
+fn compare(doc: &Value, n: &str, only: &[&str]) -> (usize, Vec<String>) {
     let mut agreed = 0;
     let mut disagreed = Vec::new();
     for row in doc["fields"].as_array().unwrap() {
+        let outcome = row["outcome"].as_str().unwrap();
+        if !only.is_empty() && !only.contains(&outcome) {
+            continue;
+        }
         let kind = row["kind"].as_str().unwrap();
+        let name = row["name"].as_str().unwrap();
         let path = row["path"].as_str().unwrap();
-        let now = live(&kind.to_lowercase(), n).pointer(path).cloned();
-        let expected = match row["outcome"].as_str().unwrap() {
-            "reverted" | "takenOver" | "adopted" => row.get("after").cloned(),
-            "kept" | "conflict" => row.get("before").cloned(),
-            "removed" => None,
-            other => panic!("unexpected outcome {other}"),
-        };
-        // Quantities may come back normalised; these cases use plain values.
-        if now == expected {
-            agreed += 1;
+        let object = live(&kind.to_lowercase(), name, n);
+        let ok = if outcome == "recreated" {
+            object.is_some()
         } else {
-            disagreed.push(format!("{kind} {path}: predicted {} {expected:?}, live {now:?}", row["outcome"]));
+            let now = object.as_ref().and_then(|o| o.pointer(path).cloned());
+            let expected = match outcome {
+                "reverted" | "takenOver" | "adopted" | "changed" => row.get("after").cloned(),
+                "kept" | "conflict" | "unchanged" => row.get("before").cloned(),
+                "removed" => None,
+                other => panic!("unexpected outcome {other}"),
+            };
+            // Quantities may come back normalised; these cases use plain values.
+            if now != expected {
+                disagreed.push(format!("{kind}/{name} {path}: predicted {outcome} {expected:?}, live {now:?}"));
+            }
+            now == expected
+        };
+        if ok {
+            agreed += 1;
+        } else if outcome == "recreated" {
+            disagreed.push(format!("{kind}/{name}: predicted recreated, not there"));
         }
     }
     (agreed, disagreed)
@@ -60,7 +101,7 @@ async fn upgrade_as_predicted(helm: Helm) {
     kubectl_stdin(&["apply", "--server-side", "--field-manager=hotfix", "--force-conflicts", "-f", "-"], &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app-fullstack, namespace: {n}}}\ndata: {{greeting: hotfix}}\n"));
 
     let doc = preview(helm, n, &[]);
-    let outcomes: Vec<String> = doc["fields"].as_array().unwrap().iter().map(|r| format!("{} {} {}", r["outcome"].as_str().unwrap(), r["kind"].as_str().unwrap(), r["path"].as_str().unwrap())).collect();
+    let outcomes = drifted_rows(&doc);
     let upgrade = helm.run(&["upgrade", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
     let said = String::from_utf8_lossy(&upgrade.stderr).to_string();
     match helm {
@@ -76,11 +117,12 @@ async fn upgrade_as_predicted(helm: Helm) {
                 ],
                 "{doc:#}"
             );
-            assert!(doc["summary"].as_str().unwrap().starts_with("this upgrade reverts 3 manual changes, and keeps 2 changes silently"), "{doc:#}");
+            let summary = doc["summary"].as_str().unwrap();
+            assert!(summary.starts_with("this upgrade reverts 3 manual changes (hotfix, kubectl, kubectl-edit, ") && summary.contains(", and keeps 2 changes silently (kubectl-edit, "), "{doc:#}");
             assert!(upgrade.status.success(), "{said}");
-            let (agreed, disagreed) = compare(&doc, n);
+            let (agreed, disagreed) = compare(&doc, n, &[]);
             assert!(disagreed.is_empty(), "{disagreed:#?}");
-            assert_eq!(agreed, 5);
+            assert_eq!(agreed, doc["fields"].as_array().unwrap().len());
         }
         Helm::V4 => {
             // Server-side apply: each field another manager owns is a conflict, and helm says so.
@@ -99,16 +141,16 @@ async fn upgrade_as_predicted(helm: Helm) {
             for (manager, field) in [("hotfix", ".data.greeting"), ("kubectl", ".spec.replicas"), ("kubectl-edit", "resources.limits.memory"), ("kubectl-edit", ".spec.color")] {
                 assert!(said.contains(&format!("\"{manager}\"")) && said.contains(field), "helm does not name {manager} on {field}: {said}");
             }
-            let (_, disagreed) = compare(&doc, n);
+            let (_, disagreed) = compare(&doc, n, &["conflict"]);
             assert!(disagreed.is_empty(), "a failed upgrade changed a conflicting field: {disagreed:#?}");
             // With --force-conflicts: taken over.
             let forced = preview(helm, n, &["--force-conflicts"]);
-            let takes: Vec<&str> = forced["fields"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+            let takes: Vec<String> = drifted_rows(&forced).iter().map(|r| r.split(' ').next().unwrap().to_string()).collect();
             assert_eq!(takes, ["takenOver", "kept", "takenOver", "takenOver", "takenOver"], "{forced:#}");
             helm.ok(&["upgrade", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT, "--force-conflicts"]);
-            let (agreed, disagreed) = compare(&forced, n);
+            let (agreed, disagreed) = compare(&forced, n, &[]);
             assert!(disagreed.is_empty(), "{disagreed:#?}");
-            assert_eq!(agreed, 5);
+            assert_eq!(agreed, forced["fields"].as_array().unwrap().len());
         }
     }
 }
@@ -123,6 +165,102 @@ async fn helm4_upgrade_does_what_the_preview_says() {
     upgrade_as_predicted(Helm::V4).await;
 }
 
+/// An upgrade that changes the chart's values, over every kind of drift and ownership: a key
+/// the new values drop, edited by hand (`removed` client-side; `kept` server-side, where
+/// kubectl-edit still owns it); a deleted Service (`recreated`); a custom resource's field
+/// edited by hand that the new values change (`reverted` by the two-way merge; a conflict
+/// server-side); a ConfigMap key applied by another manager ("gitops") with the chart's own
+/// value, not drift, that the new values change (`changed` client-side; a conflict
+/// server-side); a memory limit edited to the value the new values set (`adopted`); and
+/// replicas an autoscaler set, which Kubernetes records no owner for (nothing to say, and no
+/// conflict when the new values set replicas).
+async fn changes_as_predicted(helm: Helm) {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, &format!("preview-ch-{}", helm.short())).await;
+    let n = ns.name.as_str();
+    let chart = common::chart("fullstack");
+    let old_values = format!("{LIGHT},autoscaling.enabled=true,config.data.tier=gold");
+    helm.ok(&["install", "app", &chart, "-n", n, "--set", &old_values]);
+    // The autoscaler brings the Deployment to its minReplicas (2) through the scale subresource.
+    common::wait_for("the autoscaler to scale to 2", 90, || (kubectl(&["get", "deploy", "app-fullstack", "-n", n, "-o", "jsonpath={.spec.replicas}"]) == "2").then_some(()));
+    kubectl(&["patch", "cm", "app-fullstack", "-n", n, "--type=merge", "-p", r#"{"data":{"tier":"platinum"}}"#, "--field-manager=kubectl-edit"]);
+    kubectl(&["delete", "svc", "app-fullstack", "-n", n]);
+    kubectl(&["patch", "widget", "app-fullstack", "-n", n, "--type=merge", "-p", r#"{"spec":{"color":"red"}}"#, "--field-manager=kubectl-edit"]);
+    kubectl_stdin(&["apply", "--server-side", "--field-manager=gitops", "-f", "-"], &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app-fullstack, namespace: {n}}}\ndata: {{greeting: hello}}\n"));
+    common::set_memory(n, "app-fullstack", "512Mi", "1Gi");
+
+    let new_values = format!("{LIGHT},replicaCount=3,widget.color=green,config.data.greeting=bonjour,web.resources.limits.memory=1Gi");
+    let doc = preview_with(helm, n, &new_values, &[]);
+    let owned = sorted(rows(&doc, false));
+    let upgrade = |extra: &[&str]| {
+        let mut args = vec!["upgrade", "app", chart.as_str(), "-n", n, "--set", new_values.as_str()];
+        args.extend_from_slice(extra);
+        helm.run(&args)
+    };
+    match helm {
+        Helm::V3 => {
+            assert_eq!(
+                sorted(drifted_rows(&doc)),
+                ["removed ConfigMap /data/tier", "adopted Deployment /spec/template/spec/containers/0/resources/limits/memory", "recreated Service ", "reverted Widget /spec/color"],
+                "{doc:#}"
+            );
+            // Under an object Helm 3 made, the autoscaler's write through `scale` is recorded:
+            // the new values' replicas overwrite it.
+            assert_eq!(owned, ["changed ConfigMap /data/greeting", "changed Deployment /spec/replicas"], "{doc:#}");
+            let summary = doc["summary"].as_str().unwrap();
+            for part in ["reverts 1 manual change (kubectl-edit, ", "removes 1 drifted field (kubectl-edit, ", "recreates 1 missing object", "adopts 1 change as desired (kubectl-edit, ", "overwrites 2 fields another manager owns (gitops, kube-controller-manager)"] {
+                assert!(summary.contains(part), "{part:?} not in {summary:?}");
+            }
+            let done = upgrade(&[]);
+            assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+            let (agreed, disagreed) = compare(&doc, n, &[]);
+            assert!(disagreed.is_empty(), "{disagreed:#?}");
+            assert_eq!(agreed, 6);
+        }
+        Helm::V4 => {
+            assert_eq!(
+                sorted(drifted_rows(&doc)),
+                ["kept ConfigMap /data/tier", "adopted Deployment /spec/template/spec/containers/0/resources/limits/memory", "recreated Service ", "conflict Widget /spec/color"],
+                "{doc:#}"
+            );
+            // Under an object Helm 4 applied, Kubernetes records no owner for the autoscaler's
+            // replicas: nothing to predict, and no conflict on them.
+            assert_eq!(owned, ["conflict ConfigMap /data/greeting"], "{doc:#}");
+            let summary = doc["summary"].as_str().unwrap();
+            assert!(summary.contains("will fail on 2 conflicts (with ") && summary.contains("gitops") && summary.contains("kubectl-edit"), "{doc:#}");
+            let failed = upgrade(&[]);
+            let said = String::from_utf8_lossy(&failed.stderr).to_string();
+            assert!(!failed.status.success(), "the predicted conflicts did not happen");
+            for (manager, field) in [("gitops", ".data.greeting"), ("kubectl-edit", ".spec.color")] {
+                assert!(said.contains(&format!("\"{manager}\"")) && said.contains(field), "helm does not name {manager} on {field}: {said}");
+            }
+            assert!(!said.contains(".spec.replicas"), "a conflict on replicas nobody owns: {said}");
+            let (_, disagreed) = compare(&doc, n, &["conflict"]);
+            assert!(disagreed.is_empty(), "a failed upgrade changed a conflicting field: {disagreed:#?}");
+            let forced = preview_with(helm, n, &new_values, &["--force-conflicts"]);
+            assert_eq!(rows(&forced, false), ["takenOver ConfigMap /data/greeting"], "{forced:#}");
+            assert!(drifted_rows(&forced).contains(&"takenOver Widget /spec/color".to_string()), "{forced:#}");
+            let done = upgrade(&["--force-conflicts"]);
+            assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+            let (agreed, disagreed) = compare(&forced, n, &[]);
+            assert!(disagreed.is_empty(), "{disagreed:#?}");
+            assert_eq!(agreed, 5);
+        }
+    }
+    // The replicas nobody owned are the new values' (no conflict stopped them).
+    assert_eq!(kubectl(&["get", "deploy", "app-fullstack", "-n", n, "-o", "jsonpath={.spec.replicas}"]), "3");
+}
+
+#[tokio::test]
+async fn helm3_changes_do_what_the_preview_says() {
+    changes_as_predicted(Helm::V3).await;
+}
+
+#[tokio::test]
+async fn helm4_changes_do_what_the_preview_says() {
+    changes_as_predicted(Helm::V4).await;
+}
+
 /// The seed's story: a memory limit edited after two upgrades; the rollback to the first
 /// revision, previewed, then run.
 async fn rollback_as_predicted(helm: Helm) {
@@ -132,17 +270,22 @@ async fn rollback_as_predicted(helm: Helm) {
     helm.ok(&["install", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
     helm.ok(&["upgrade", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT, "--set", "config.data.greeting=bonjour"]);
     helm.ok(&["upgrade", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT, "--set", "config.data.greeting=hola"]);
-    kubectl(&["patch", "deploy", "app-fullstack", "-n", n, "--type=json", "-p", r#"[{"op":"replace","path":"/spec/template/spec/containers/0/resources/limits/memory","value":"1Gi"}]"#, "--field-manager=kubectl-edit"]);
+    common::set_memory(n, "app-fullstack", "512Mi", "1Gi");
+    // The text a person reads: the edit, who made it and how long ago, what the rollback does.
+    let text = common::driftwatch(&["preview", "rollback", "app", "1", "-n", n]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("/spec/template/spec/containers/0/resources/limits/memory") && text.contains("changed by kubectl-edit ") && text.contains(" ago, at "), "{text}");
     let out = common::driftwatch(&["preview", "rollback", "app", "1", "-n", n, "-o", "json", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = &doc["fields"][0];
     assert_eq!((row["path"].as_str(), row["manager"].as_str()), (Some("/spec/template/spec/containers/0/resources/limits/memory"), Some("kubectl-edit")), "{doc:#}");
+    assert!(row["age"].as_str().is_some_and(|a| a.ends_with(" ago")), "{doc:#}");
     let rollback = helm.run(&["rollback", "app", "1", "-n", n]);
     match row["outcome"].as_str().unwrap() {
         "reverted" => {
             assert!(rollback.status.success(), "{}", String::from_utf8_lossy(&rollback.stderr));
-            assert_eq!(doc["summary"], "this rollback reverts 1 manual change");
+            assert!(doc["summary"].as_str().unwrap().starts_with("this rollback reverts 1 manual change (kubectl-edit, "), "{doc:#}");
         }
         "conflict" => {
             assert!(!rollback.status.success(), "a predicted conflict did not happen");
@@ -150,9 +293,9 @@ async fn rollback_as_predicted(helm: Helm) {
         }
         other => panic!("unexpected {other}: {doc:#}"),
     }
-    let (agreed, disagreed) = compare(&doc, n);
+    let (agreed, disagreed) = compare(&doc, n, &[]);
     assert!(disagreed.is_empty(), "{disagreed:#?}");
-    assert_eq!(agreed, 1);
+    assert_eq!(agreed, doc["fields"].as_array().unwrap().len());
 }
 
 #[tokio::test]

@@ -59,7 +59,8 @@ fn status_since(history: &ReleaseHistory) -> Option<Timestamp> {
     latest.since().and_then(|s| Timestamp::from_second(s).ok())
 }
 
-fn ago(now: Timestamp, then: Timestamp) -> String {
+/// How long ago `then` was, short: `45s`, `12m`, `5h`, `21d`.
+pub fn ago(now: Timestamp, then: Timestamp) -> String {
     let secs = (now.as_second() - then.as_second()).max(0);
     match secs {
         s if s < 120 => format!("{s}s"),

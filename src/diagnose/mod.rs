@@ -16,7 +16,7 @@ mod classify;
 mod findings;
 
 pub use classify::{Cause, Conflict, already_exists, classify};
-pub use findings::{HealthFacts, Thresholds, findings, health_condition, lost_records, partial_state, stuck_in};
+pub use findings::{HealthFacts, ago, Thresholds, findings, health_condition, lost_records, partial_state, stuck_in};
 
 use jiff::Timestamp;
 

@@ -114,6 +114,11 @@ pub struct Tally {
     pub conflicts: usize,
     pub taken_over: usize,
     pub adopted: usize,
+    /// Fields another manager owns that have not drifted: those the operation changes (sets,
+    /// takes over or removes), and those it leaves as they are. Their conflicts are counted in
+    /// `conflicts`: they fail the operation as much as a drifted field's.
+    pub owned_changed: usize,
+    pub owned_unchanged: usize,
 }
 
 impl Tally {
@@ -129,36 +134,39 @@ impl Tally {
         }
     }
 
+    /// A field another manager owns, not drifted.
+    pub fn add_owned(&mut self, o: &Outcome) {
+        match o {
+            Outcome::Conflict(_) => self.conflicts += 1,
+            Outcome::Reverted | Outcome::Removed | Outcome::TakenOver(_) => self.owned_changed += 1,
+            Outcome::Kept | Outcome::Adopted | Outcome::Recreated => self.owned_unchanged += 1,
+        }
+    }
+
     /// `--detailed-exitcode`'s question: would anything be reverted, kept or conflict?
     pub fn consequential(&self) -> bool {
         self.reverted + self.kept + self.conflicts > 0
     }
 
-    /// "this upgrade reverts 2 manual changes, keeps 1 silently, and will fail on 1 conflict".
-    pub fn sentence(&self, what: &str) -> String {
+    /// "this upgrade reverts 2 manual changes (kubectl-edit, 21d ago), keeps 1 change silently,
+    /// and will fail on 1 conflict (with gitops)": `who` gives each part's note (empty for
+    /// none) by outcome name (`reverted`, `kept`, `conflict`, `changed`, …).
+    pub fn sentence(&self, what: &str, who: &dyn Fn(&str) -> String) -> String {
         let plural = |n: usize, one: &str, many: &str| if n == 1 { format!("1 {one}") } else { format!("{n} {many}") };
         let mut parts = Vec::new();
-        if self.reverted > 0 {
-            parts.push(format!("reverts {}", plural(self.reverted, "manual change", "manual changes")));
-        }
-        if self.taken_over > 0 {
-            parts.push(format!("takes over {}", plural(self.taken_over, "field", "fields")));
-        }
-        if self.removed > 0 {
-            parts.push(format!("removes {}", plural(self.removed, "field", "fields")));
-        }
-        if self.recreated > 0 {
-            parts.push(format!("recreates {}", plural(self.recreated, "missing object", "missing objects")));
-        }
-        if self.adopted > 0 {
-            parts.push(format!("adopts {} as desired", plural(self.adopted, "change", "changes")));
-        }
-        if self.kept > 0 {
-            parts.push(format!("keeps {} silently", plural(self.kept, "change", "changes")));
-        }
-        if self.conflicts > 0 {
-            parts.push(format!("will fail on {}", plural(self.conflicts, "conflict", "conflicts")));
-        }
+        let mut part = |n: usize, key: &str, text: String| {
+            if n > 0 {
+                parts.push(format!("{text}{}", who(key)));
+            }
+        };
+        part(self.reverted, "reverted", format!("reverts {}", plural(self.reverted, "manual change", "manual changes")));
+        part(self.taken_over, "takenOver", format!("takes over {}", plural(self.taken_over, "field", "fields")));
+        part(self.removed, "removed", format!("removes {}", plural(self.removed, "drifted field", "drifted fields")));
+        part(self.recreated, "recreated", format!("recreates {}", plural(self.recreated, "missing object", "missing objects")));
+        part(self.adopted, "adopted", format!("adopts {} as desired", plural(self.adopted, "change", "changes")));
+        part(self.kept, "kept", format!("keeps {} silently", plural(self.kept, "change", "changes")));
+        part(self.owned_changed, "changed", format!("overwrites {} another manager owns", plural(self.owned_changed, "field", "fields")));
+        part(self.conflicts, "conflict", format!("will fail on {}", plural(self.conflicts, "conflict", "conflicts")));
         match parts.len() {
             0 => format!("this {what} changes no drifted field"),
             1 => format!("this {what} {}", parts[0]),
@@ -220,16 +228,33 @@ mod tests {
     #[test]
     fn the_five_second_summary() {
         let mut t = Tally::default();
-        assert_eq!(t.sentence("upgrade"), "this upgrade changes no drifted field");
+        assert_eq!(t.sentence("upgrade", &|_| String::new()), "this upgrade changes no drifted field");
         assert!(!t.consequential());
         for o in [Outcome::Reverted, Outcome::Reverted, Outcome::Kept, Outcome::Conflict("kubectl".into())] {
             t.add(&o);
         }
-        assert_eq!(t.sentence("upgrade"), "this upgrade reverts 2 manual changes, keeps 1 change silently, and will fail on 1 conflict");
+        assert_eq!(t.sentence("upgrade", &|_| String::new()), "this upgrade reverts 2 manual changes, keeps 1 change silently, and will fail on 1 conflict");
+        let who = |k: &str| match k {
+            "reverted" => " (kubectl-edit, 21d ago)".to_string(),
+            "conflict" => " (with kubectl)".to_string(),
+            _ => String::new(),
+        };
+        assert_eq!(t.sentence("upgrade", &who), "this upgrade reverts 2 manual changes (kubectl-edit, 21d ago), keeps 1 change silently, and will fail on 1 conflict (with kubectl)");
         assert!(t.consequential());
         let mut r = Tally::default();
         r.add(&Outcome::Recreated);
-        assert_eq!(r.sentence("rollback"), "this rollback recreates 1 missing object");
+        assert_eq!(r.sentence("rollback", &|_| String::new()), "this rollback recreates 1 missing object");
         assert!(!r.consequential());
+        // Fields other managers own: a conflict fails the upgrade whether or not it drifted.
+        let mut o = Tally::default();
+        for x in [Outcome::Reverted, Outcome::Adopted, Outcome::Kept] {
+            o.add_owned(&x);
+        }
+        assert_eq!((o.owned_changed, o.owned_unchanged), (1, 2));
+        assert_eq!(o.sentence("upgrade", &|_| String::new()), "this upgrade overwrites 1 field another manager owns");
+        assert!(!o.consequential(), "no drift is reverted, kept or in conflict");
+        o.add_owned(&Outcome::Conflict("gitops".into()));
+        assert_eq!(o.sentence("upgrade", &|_| String::new()), "this upgrade overwrites 1 field another manager owns, and will fail on 1 conflict");
+        assert!(o.consequential());
     }
 }

@@ -440,9 +440,23 @@ async fn client() -> anyhow::Result<kube::Client> {
         );
     }
     let source = std::env::var("KUBECONFIG").map_or_else(|_| "the default kubeconfig".to_string(), |k| format!("KUBECONFIG={k}"));
-    kube::Client::try_default()
-        .await
-        .with_context(|| format!("cannot build a Kubernetes client from {source}"))
+    let config = match std::env::var("DRIFTWATCH_CONTEXT").ok().filter(|c| !c.is_empty()) {
+        Some(context) => kube_config().await.with_context(|| format!("no usable context {context:?} (DRIFTWATCH_CONTEXT, or helm's --kube-context) in {source}"))?,
+        None => kube_config().await.with_context(|| format!("cannot read {source}"))?,
+    };
+    kube::Client::try_from(config).with_context(|| format!("cannot build a Kubernetes client from {source}"))
+}
+
+/// The kubeconfig's current context, or `DRIFTWATCH_CONTEXT`'s (`helm --kube-context C
+/// driftwatch …` sets it), as kubectl reads it; in a pod, the service account.
+async fn kube_config() -> anyhow::Result<kube::Config> {
+    match std::env::var("DRIFTWATCH_CONTEXT").ok().filter(|c| !c.is_empty()) {
+        Some(context) => {
+            let options = kube::config::KubeConfigOptions { context: Some(context), ..Default::default() };
+            Ok(kube::Config::from_kubeconfig(&options).await?)
+        }
+        None => Ok(kube::Config::infer().await?),
+    }
 }
 
 /// The namespace from `-n`, else the kubeconfig context's, like kubectl; None with `-A`.
@@ -453,7 +467,7 @@ async fn scope(namespace: Option<String>, all: bool) -> anyhow::Result<Option<St
     if let Some(ns) = namespace {
         return Ok(Some(ns));
     }
-    let config = kube::Config::infer().await.context("reading the kubeconfig")?;
+    let config = kube_config().await.context("reading the kubeconfig")?;
     Ok(Some(config.default_namespace))
 }
 

@@ -307,3 +307,68 @@ async fn helm3_rollback_does_what_the_preview_says() {
 async fn helm4_rollback_does_what_the_preview_says() {
     rollback_as_predicted(Helm::V4).await;
 }
+
+/// `helm driftwatch …` as a plugin installed with `helm plugin install` from the repository
+/// (plugin.yaml): the upgrade is rendered by the user's own helm, and the preview is the one
+/// `helm template | driftwatch preview upgrade -f -` gives; helm's `-n` and `--kube-context`
+/// reach driftwatch.
+async fn plugin_previews(helm: Helm) {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, &format!("preview-plugin-{}", helm.short())).await;
+    let n = ns.name.as_str();
+    let chart = common::chart("fullstack");
+    helm.ok(&["install", "app", &chart, "-n", n, "--set", LIGHT]);
+    kubectl(&["scale", "deploy", "app-fullstack", "-n", n, "--replicas=2"]);
+
+    // Helm's own data directory for this test (Helm 4 installs a local plugin under
+    // $HELM_DATA_HOME/plugins, Helm 3 under $HELM_PLUGINS: both point there).
+    let data = std::env::temp_dir().join(format!("driftwatch-helm-data-{n}"));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(data.join("plugins")).unwrap();
+    let (data_dir, plugins_dir) = (data.display().to_string(), data.join("plugins").display().to_string());
+    let env = [("HELM_DATA_HOME", data_dir.as_str()), ("HELM_PLUGINS", plugins_dir.as_str()), ("DRIFTWATCH_BIN", env!("CARGO_BIN_EXE_driftwatch"))];
+    let root = common::repo_root().display().to_string();
+    let installed = helm.ok_env(&["plugin", "install", &root], &env);
+    assert!(installed.contains("Installed plugin: driftwatch"), "{installed}");
+    assert!(helm.ok_env(&["plugin", "list"], &env).contains("driftwatch"));
+
+    // The plugin's preview is the pipeline's, and --detailed-exitcode reaches driftwatch.
+    let out = helm.run_env(&["driftwatch", "preview", "upgrade", "app", &chart, "-n", n, "--set", LIGHT, "-o", "json", "--detailed-exitcode"], &env);
+    assert_eq!(out.status.code(), Some(2), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let via_plugin: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let piped = preview(helm, n, &[]);
+    let shape = |d: &Value| d["fields"].as_array().unwrap().iter().map(|r| (r["path"].clone(), r["outcome"].clone(), r["before"].clone(), r["after"].clone())).collect::<Vec<_>>();
+    assert_eq!(shape(&via_plugin), shape(&piped));
+    let expected = if helm == Helm::V3 { "reverted" } else { "conflict" };
+    assert_eq!(drifted_rows(&via_plugin), [format!("{expected} Deployment /spec/replicas")], "{via_plugin:#}");
+    // Text, with helm's flags after CHART (values with spaces survive) and helm's own -n.
+    let out = helm.run_env(&["-n", n, "driftwatch", "preview", "upgrade", "app", &chart, "--set", LIGHT, "--set-string", "config.data.greeting=hello there"], &env);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("{n}/app: this upgrade")) && text.contains("Deployment/app-fullstack /spec/replicas"), "{text}");
+    // Any other command goes to driftwatch, in helm's namespace and kube context.
+    let context = kubectl(&["config", "current-context"]).trim().to_string();
+    let out = helm.run_env(&["-n", n, "--kube-context", &context, "driftwatch", "check", "app", "-o", "json"], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let checked: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(checked["releases"][0]["namespace"], n);
+    // A context the kubeconfig lacks: a clear error, nothing read.
+    let out = helm.run_env(&["-n", n, "--kube-context", "no-such-context", "driftwatch", "check", "app"], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no usable context \"no-such-context\""), "{}", String::from_utf8_lossy(&out.stderr));
+    // A failing render says where the flags went.
+    let out = helm.run_env(&["driftwatch", "preview", "upgrade", "app", "/no/such/chart", "-n", n], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("helm template failed"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[tokio::test]
+async fn helm3_plugin_previews_an_upgrade() {
+    plugin_previews(Helm::V3).await;
+}
+
+#[tokio::test]
+async fn helm4_plugin_previews_an_upgrade() {
+    plugin_previews(Helm::V4).await;
+}

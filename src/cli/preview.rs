@@ -300,7 +300,8 @@ pub fn render_text(d: &Document) -> String {
             "adopted" => format!("{} is what the new manifest sets", show(&r.before)),
             other => other.to_string(),
         };
-        out.push_str(&format!("  {:10} {}/{} {}: {what}{who}\n", r.outcome, r.kind, r.name, r.path));
+        let at = if r.path.is_empty() { String::new() } else { format!(" {}", r.path) };
+        out.push_str(&format!("  {:10} {}/{}{at}: {what}{who}\n", r.outcome, r.kind, r.name));
     }
     // Fields other managers own that the operation leaves as they are: one line per manager.
     let mut unchanged: Vec<(&str, usize)> = Vec::new();

@@ -37,6 +37,17 @@
 //!   stays (`Kept`: observed for the hotfixed key the new manifest dropped, with and without
 //!   force), as does a field neither manifest sets.
 //! - **A missing object** is created again by both methods (`Recreated`).
+//! - **Fields another manager owns that have not drifted** (their live value is the reference
+//!   manifest's) follow the same rules: client-side, Helm's patch sets the new manifest's value
+//!   over them whoever owns them (observed for a key a `gitops` manager applied, and for
+//!   replicas the autoscaler wrote through `scale` on an object Helm 3 made); server-side, a
+//!   new value on a field another manager owns is a conflict (observed: the upgrade fails naming
+//!   `gitops`). Which fields have an owner is Kubernetes' record
+//!   (`k8s.io/apimachinery/pkg/util/managedfields`): its `ScaleHandler` maps a write through
+//!   `scale` onto `/spec/replicas`, and an Update of an object whose managed fields hold no owner
+//!   for the path records none (observed: `kubectl scale` and the autoscaler on a Deployment that
+//!   Helm 4 applied without `replicas` leave no entry, so there is no conflict to predict, and
+//!   Helm 4's upgrade setting replicas indeed succeeds).
 
 use serde::Serialize;
 use serde_json::Value;

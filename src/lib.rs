@@ -16,6 +16,7 @@ pub mod drift;
 pub mod heal;
 pub mod helm;
 pub mod http;
+pub mod inventory;
 pub mod metrics;
 pub mod preview;
 pub mod report;

@@ -125,8 +125,51 @@ enum Command {
         #[command(subcommand)]
         what: PreviewCommand,
     },
+    /// What is deployed where, across clusters: every release at its newest revision with its
+    /// chart, version, status and age, from each kubeconfig context asked (read concurrently)
+    Inventory {
+        /// A kubeconfig context to read (repeatable; default: the current one)
+        #[arg(long = "context", value_name = "CONTEXT")]
+        contexts: Vec<String>,
+        /// Every context of the kubeconfig
+        #[arg(long)]
+        all_contexts: bool,
+        /// Only this namespace (default: all namespaces)
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// All namespaces (the default; for symmetry with check)
+        #[arg(short = 'A', long, conflicts_with = "namespace")]
+        all_namespaces: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: InventoryOutput,
+        /// Only failed releases (with --pending: either)
+        #[arg(long)]
+        failed: bool,
+        /// Only releases pending an install, upgrade or rollback (with --failed: either)
+        #[arg(long)]
+        pending: bool,
+        /// Only releases last deployed longer ago than this (720h, 30m)
+        #[arg(long, value_name = "DURATION")]
+        stale: Option<String>,
+        /// Charts deployed at more than one version, each version with its clusters and releases
+        #[arg(long)]
+        skew: bool,
+        /// Only charts whose name matches this glob (`*`, `?`)
+        #[arg(long, value_name = "GLOB")]
+        chart: Option<String>,
+        /// Only drifted releases: from DriftReports where the controller runs, else by a check
+        #[arg(long)]
+        drifted: bool,
+    },
     /// Print the CustomResourceDefinitions (crds/ holds this output)
     Crdgen,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum InventoryOutput {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,6 +269,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Preview { what: PreviewCommand::Rollback { release, revision, namespace, output, detailed_exitcode, force_conflicts } } => {
             preview(release, namespace, Target::Revision(revision), output, detailed_exitcode, force_conflicts).await
+        }
+        Command::Inventory { contexts, all_contexts, namespace, all_namespaces: _, output, failed, pending, stale, skew, chart, drifted } => {
+            let stale = stale.map(|d| driftwatch::api::parse_duration(&d).map_err(|e| anyhow::anyhow!("--stale: {e}"))).transpose()?;
+            let filters = driftwatch::inventory::Filters { failed, pending, stale, chart, drifted };
+            inventory(contexts, all_contexts, namespace, output, filters, skew).await
         }
         Command::Crdgen => {
             emit(&driftwatch::api::crds_yaml())?;
@@ -777,6 +825,67 @@ async fn unlock(release: String, namespace: Option<String>, yes: bool, force: bo
         None => format!("helm upgrade --install {release} CHART -n {ns}   (or: helm uninstall {release} -n {ns})"),
     };
     emit(&format!("Unlocked {ns}/{release}: revision {} is now failed (was {}).\nNext: {next}\n", latest.revision, unlocked.from))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The contexts `inventory` reads: those named, every one of the kubeconfig, or the current
+/// one (in a pod: its own cluster, as `in-cluster`). Returns (name, whether it is the current
+/// one, read without naming it).
+fn inventory_contexts(named: Vec<String>, all: bool) -> anyhow::Result<Vec<(String, bool)>> {
+    if !named.is_empty() && !all {
+        return Ok(named.into_iter().map(|c| (c, false)).collect());
+    }
+    let kubeconfig = match kube::config::Kubeconfig::read() {
+        Ok(k) => k,
+        Err(_) if !all && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => return Ok(vec![("in-cluster".into(), true)]),
+        Err(e) => anyhow::bail!("cannot read the kubeconfig: {e} (KUBECONFIG, or ~/.kube/config)"),
+    };
+    if all {
+        let names: Vec<(String, bool)> = kubeconfig.contexts.iter().map(|c| (c.name.clone(), false)).collect();
+        anyhow::ensure!(!names.is_empty(), "the kubeconfig has no context");
+        return Ok(names);
+    }
+    let current = std::env::var("DRIFTWATCH_CONTEXT").ok().filter(|c| !c.is_empty()).or(kubeconfig.current_context.clone());
+    match current {
+        Some(c) => Ok(vec![(c, false)]),
+        None => anyhow::bail!("the kubeconfig has no current context: name one with --context, or use --all-contexts"),
+    }
+}
+
+async fn inventory(contexts: Vec<String>, all: bool, namespace: Option<String>, output: InventoryOutput, filters: driftwatch::inventory::Filters, skew: bool) -> anyhow::Result<ExitCode> {
+    use driftwatch::inventory as inv;
+    let contexts = inventory_contexts(contexts, all)?;
+    let ask = driftwatch::cluster::inventory::Ask { namespace, drifted: filters.drifted };
+    let answers = futures::future::join_all(contexts.iter().map(|(c, current)| driftwatch::cluster::inventory::read(c, *current, &ask))).await;
+    let now = jiff::Timestamp::now();
+    let mut clusters = Vec::new();
+    let mut releases = Vec::new();
+    for (cluster, rs) in answers {
+        clusters.push(cluster);
+        releases.extend(rs.into_iter().filter(|r| filters.keep(r, now)));
+    }
+    inv::sort(&mut releases);
+    let skewed = skew.then(|| inv::skew(&releases));
+    let answer = inv::Answer { clusters: &clusters, releases: &releases, skew: skewed.as_deref(), drift: filters.drifted, now };
+    let text = match output {
+        InventoryOutput::Table => {
+            use std::io::IsTerminal as _;
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            inv::render_table(&answer, colour)
+        }
+        InventoryOutput::Json => inv::render_json(&answer),
+        InventoryOutput::Csv => inv::render_csv(&answer),
+    };
+    emit(&text)?;
+    if !matches!(output, InventoryOutput::Table) {
+        for c in clusters.iter().filter(|c| c.state != inv::State::Ok) {
+            eprintln!("driftwatch: cluster {}: {}: {}", c.context, c.state.as_str(), c.reason.as_deref().unwrap_or_default());
+        }
+    }
+    if !inv::any_answered(&clusters) {
+        eprintln!("driftwatch: no cluster answered ({} asked)", clusters.len());
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

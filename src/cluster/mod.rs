@@ -3,6 +3,7 @@
 
 pub mod evidence;
 pub mod heal;
+pub mod inventory;
 pub mod resolve;
 pub mod release_store;
 

@@ -86,6 +86,7 @@ fn compare(doc: &Value, n: &str, only: &[&str]) -> (usize, Vec<String>) {
             disagreed.push(format!("{kind}/{name}: predicted recreated, not there"));
         }
     }
+    eprintln!("preview {n}: {} row(s) compared with the live state, {agreed} agree", agreed + disagreed.len());
     (agreed, disagreed)
 }
 

@@ -6,57 +6,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Instant;
 
-use common::{Helm, wait_for};
-
-/// A second control plane, stopped when the test ends.
-struct OwnCluster {
-    env: Vec<(String, String)>,
-}
-
-impl OwnCluster {
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join("driftwatch-ha-cluster");
-        let base = [("DRIFTWATCH_CLUSTER_DIR", dir.display().to_string()), ("DRIFTWATCH_PORT_BASE", "26700".to_string())];
-        let script = |name: &str| common::repo_root().join("tests/cluster").join(name);
-        let out = Command::new(script("up")).envs(base.iter().map(|(k, v)| (*k, v.as_str()))).output().unwrap();
-        assert!(out.status.success(), "own control plane: {}", String::from_utf8_lossy(&out.stderr));
-        let kubeconfig = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let mut env: Vec<(String, String)> = base.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        env.push(("KUBECONFIG".into(), kubeconfig));
-        OwnCluster { env }
-    }
-
-    fn cmd(&self, program: impl Into<PathBuf>) -> Command {
-        let mut c = Command::new(program.into());
-        c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        c
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        let out = self.cmd("kubectl").args(args).output().unwrap();
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn try_kubectl(&self, args: &[&str]) -> Option<String> {
-        let out: Output = self.cmd("kubectl").args(args).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn script(&self, name: &str, args: &[&str]) {
-        let out = self.cmd(common::repo_root().join("tests/cluster").join(name)).args(args).output().unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        let _ = self.cmd(common::repo_root().join("tests/cluster/down")).output();
-    }
-}
+use common::{Helm, OwnCluster, wait_for};
 
 struct Replica {
     name: String,
@@ -110,7 +63,7 @@ fn set_memory(c: &OwnCluster, from: &str, to: &str) {
 
 #[test]
 fn leader_election_takeover_and_api_server_restart() {
-    let c = OwnCluster::start();
+    let c = OwnCluster::start("driftwatch-ha-cluster", 26700, None);
     c.kubectl(&["apply", "-f", &common::repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
     c.kubectl(&["create", "namespace", "app"]);
     c.kubectl(&["create", "namespace", "dw"]);

@@ -8,79 +8,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::Helm;
+use common::{Helm, OwnCluster};
 use serde_json::Value;
-
-/// A control plane of this test's own (no node: nothing here runs a pod).
-struct OwnCluster {
-    name: String,
-    env: Vec<(String, String)>,
-    kubeconfig: String,
-}
-
-impl OwnCluster {
-    fn start(name: &str, port_base: u16) -> Self {
-        let dir = std::env::temp_dir().join(name);
-        let env: Vec<(String, String)> = vec![
-            ("DRIFTWATCH_CLUSTER_DIR".into(), dir.display().to_string()),
-            ("DRIFTWATCH_PORT_BASE".into(), port_base.to_string()),
-            ("DRIFTWATCH_NODE".into(), "0".into()),
-        ];
-        let out = Command::new(common::repo_root().join("tests/cluster/up")).envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).output().unwrap();
-        assert!(out.status.success(), "control plane {name}: {}", String::from_utf8_lossy(&out.stderr));
-        let kubeconfig = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let mut env = env;
-        env.push(("KUBECONFIG".into(), kubeconfig.clone()));
-        OwnCluster { name: name.into(), env, kubeconfig }
-    }
-
-    fn cmd(&self, program: impl Into<PathBuf>) -> Command {
-        let mut c = Command::new(program.into());
-        c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        c
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        let out = self.cmd("kubectl").args(args).output().unwrap();
-        assert!(out.status.success(), "kubectl {args:?} on {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn kubectl_stdin(&self, args: &[&str], input: &str) {
-        use std::io::Write as _;
-        let mut child = self.cmd("kubectl").args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn helm(&self, helm: Helm, args: &[&str]) -> Output {
-        let kubeconfig = self.kubeconfig.as_str();
-        helm.run_env(args, &[("KUBECONFIG", kubeconfig)])
-    }
-
-    fn helm_ok(&self, helm: Helm, args: &[&str]) {
-        let out = self.helm(helm, args);
-        assert!(out.status.success(), "helm {args:?} on {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// Stops its API server only (etcd and the rest stay): the cluster no longer answers.
-    fn stop_apiserver(&self) {
-        let dir = &self.env[0].1;
-        let pid = std::fs::read_to_string(format!("{dir}/kube-apiserver.pid")).unwrap();
-        let _ = Command::new("kill").arg(pid.trim()).status();
-        common::wait_for("the API server to stop", 30, || self.cmd("kubectl").args(["get", "--raw", "/readyz"]).output().ok().filter(|o| !o.status.success()).map(|_| ()));
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        let _ = self.cmd(common::repo_root().join("tests/cluster/down")).output();
-    }
-}
 
 /// `driftwatch inventory …` with this kubeconfig: (exit code, stdout, stderr).
 fn inventory(kubeconfig: &str, args: &[&str]) -> (i32, String, String) {
@@ -122,8 +53,8 @@ fn age_record(c: &OwnCluster, ns: &str, name: &str, days: i64) {
 
 #[test]
 fn inventory_across_two_clusters() {
-    let a = OwnCluster::start("driftwatch-inv-a", 26900);
-    let b = OwnCluster::start("driftwatch-inv-b", 26920);
+    let a = OwnCluster::start("driftwatch-inv-a", 26900, Some(false));
+    let b = OwnCluster::start("driftwatch-inv-b", 26920, Some(false));
     let tmp = std::env::temp_dir().join(format!("driftwatch-inventory-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     // The `many` chart at 0.1.0 (as it is) and at 0.2.0 (packaged with another version).

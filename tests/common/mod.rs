@@ -3,7 +3,11 @@
 //! A test that cannot reach the control plane fails and says how to start it.
 #![allow(dead_code)]
 
+pub mod own_cluster;
 pub mod proxy;
+
+#[allow(unused_imports)]
+pub use own_cluster::OwnCluster;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -185,7 +185,7 @@ pub fn skew(releases: &[Release]) -> Vec<Skew> {
                 releases: rs.iter().map(|r| format!("{}/{}/{}", r.cluster, r.namespace, r.name)).collect(),
             })
             .collect();
-        versions.sort_by(|a, b| version_key(&b.version).cmp(&version_key(&a.version)));
+        versions.sort_by_key(|v| std::cmp::Reverse(version_key(&v.version)));
         out.push(Skew { chart: chart.to_string(), versions });
     }
     out

@@ -55,8 +55,9 @@ fn age_record(c: &OwnCluster, ns: &str, name: &str, days: i64) {
 fn inventory_across_two_clusters() {
     let a = OwnCluster::start("driftwatch-inv-a", 26900, Some(false));
     let b = OwnCluster::start("driftwatch-inv-b", 26920, Some(false));
-    let tmp = std::env::temp_dir().join(format!("driftwatch-inventory-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
+    // Removed when the test ends, passed or not.
+    let tmp_dir = tempfile::Builder::new().prefix("driftwatch-inventory-").tempdir().unwrap();
+    let tmp = tmp_dir.path().to_path_buf();
     // The `many` chart at 0.1.0 (as it is) and at 0.2.0 (packaged with another version).
     let many = common::chart("many");
     let out = Helm::V3.run(&["package", &many, "--version", "0.2.0", "-d", &tmp.display().to_string()]);
@@ -190,7 +191,6 @@ fn inventory_across_two_clusters() {
     let (code, _, err) = inventory(&merged, &["--all-contexts", "-n", ns]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no cluster answered (3 asked)"), "{err}");
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 #[test]

@@ -323,8 +323,9 @@ async fn plugin_previews(helm: Helm) {
 
     // Helm's own data directory for this test (Helm 4 installs a local plugin under
     // $HELM_DATA_HOME/plugins, Helm 3 under $HELM_PLUGINS: both point there).
-    let data = std::env::temp_dir().join(format!("driftwatch-helm-data-{n}"));
-    let _ = std::fs::remove_dir_all(&data);
+    // Removed when the test ends, passed or not.
+    let data_dir = tempfile::Builder::new().prefix("driftwatch-helm-data-").tempdir().unwrap();
+    let data = data_dir.path().to_path_buf();
     std::fs::create_dir_all(data.join("plugins")).unwrap();
     let (data_dir, plugins_dir) = (data.display().to_string(), data.join("plugins").display().to_string());
     let env = [("HELM_DATA_HOME", data_dir.as_str()), ("HELM_PLUGINS", plugins_dir.as_str()), ("DRIFTWATCH_BIN", env!("CARGO_BIN_EXE_driftwatch"))];
@@ -361,7 +362,6 @@ async fn plugin_previews(helm: Helm) {
     let out = helm.run_env(&["driftwatch", "preview", "upgrade", "app", "/no/such/chart", "-n", n], &env);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("helm template failed"), "{}", String::from_utf8_lossy(&out.stderr));
-    let _ = std::fs::remove_dir_all(&data);
 }
 
 #[tokio::test]

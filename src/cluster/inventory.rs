@@ -90,34 +90,7 @@ pub async fn read(context: &str, current: bool, ask: &Ask) -> (Cluster, Vec<Rele
     let histories = group_releases(listing.records);
     let mut releases: Vec<Release> = futures::stream::iter(histories.iter().map(|h| {
         let store = store.clone();
-        async move {
-            let latest = h.latest();
-            let mut r = Release {
-                cluster: context.to_string(),
-                namespace: h.namespace.clone(),
-                name: h.name.clone(),
-                revision: latest.revision,
-                status: latest.status.clone(),
-                chart: String::new(),
-                chart_version: String::new(),
-                app_version: String::new(),
-                last_deployed: None,
-                storage: h.driver,
-                drifted: None,
-                error: None,
-            };
-            match store.fetch(latest).await {
-                Ok(rel) => {
-                    r.status = rel.info.status;
-                    r.chart = rel.chart.metadata.name;
-                    r.chart_version = rel.chart.metadata.version;
-                    r.app_version = rel.chart.metadata.app_version;
-                    r.last_deployed = rel.info.last_deployed;
-                }
-                Err(e) => r.error = Some(e.to_string()),
-            }
-            r
-        }
+        async move { Release { cluster: context.to_string(), release: store.newest(h).await, drifted: None } }
     }))
     .buffer_unordered(FETCHES_AT_ONCE)
     .collect()
@@ -140,11 +113,11 @@ async fn drift_of(client: &kube::Client, store: &ReleaseStore, histories: &[crat
     match reports.list(&ListParams::default()).await {
         Ok(list) => {
             for r in releases.iter_mut() {
-                let report = list.items.iter().find(|d| d.metadata.namespace.as_deref() == Some(&r.namespace) && d.metadata.name.as_deref() == Some(&r.name));
+                let report = list.items.iter().find(|d| d.metadata.namespace.as_deref() == Some(&r.release.namespace) && d.metadata.name.as_deref() == Some(&r.release.name));
                 match report.and_then(|d| d.status.as_ref()).and_then(|s| s.drift.as_deref()) {
                     Some("Drifted") => r.drifted = Some(true),
                     Some("InSync") => r.drifted = Some(false),
-                    _ => r.error = r.error.take().or_else(|| Some("no DriftReport says whether it drifted (not covered by a DriftPolicy?)".into())),
+                    _ => r.release.error = r.release.error.take().or_else(|| Some("no DriftReport says whether it drifted (not covered by a DriftPolicy?)".into())),
                 }
             }
         }
@@ -154,11 +127,11 @@ async fn drift_of(client: &kube::Client, store: &ReleaseStore, histories: &[crat
             let ignore = crate::drift::IgnoreRules::default();
             let settings = crate::check::CheckSettings::new(&ignore);
             for r in releases.iter_mut() {
-                let Some(h) = histories.iter().find(|h| h.namespace == r.namespace && h.name == r.name) else { continue };
+                let Some(h) = histories.iter().find(|h| h.namespace == r.release.namespace && h.name == r.release.name) else { continue };
                 let report = crate::check::check_release(store, &resolver, h, None, &settings).await;
                 match report.error {
                     None => r.drifted = Some(report.drifted),
-                    Some(e) => r.error = r.error.take().or(Some(e)),
+                    Some(e) => r.release.error = r.release.error.take().or(Some(e)),
                 }
             }
         }

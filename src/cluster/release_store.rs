@@ -6,7 +6,27 @@ use kube::api::{Api, ListParams};
 use kube::Client;
 
 use crate::helm::records::{OWNER_SELECTOR, RecordMetaError, SECRET_TYPE};
-use crate::helm::{DecodeError, Driver, RecordMeta, Release, decode_release};
+use crate::helm::{DecodeError, Driver, RecordMeta, Release, ReleaseHistory, ReleaseStatus, decode_release};
+
+/// A release at its newest revision, as `helm list` shows it: from the record's labels, then its
+/// decoded payload (`check --list`, `inventory`).
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedRelease {
+    pub name: String,
+    pub namespace: String,
+    pub revision: u32,
+    pub status: ReleaseStatus,
+    pub chart: String,
+    pub chart_version: String,
+    pub app_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_deployed: Option<jiff::Timestamp>,
+    pub storage: Driver,
+    /// Set when the newest record could not be read; the other fields then come from labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
 
 /// Why release storage could not be read. Each error names the object or scope it is about.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +130,35 @@ impl ReleaseStore {
             Err(source) => out.errors.push(StorageError::List { driver: Driver::ConfigMap, scope, source }),
         }
         out
+    }
+
+    /// A release at its newest revision: one GET of that record, decoded; when it cannot be
+    /// read, what the labels say, with the error.
+    pub async fn newest(&self, history: &ReleaseHistory) -> ListedRelease {
+        let latest = history.latest();
+        let mut row = ListedRelease {
+            name: history.name.clone(),
+            namespace: history.namespace.clone(),
+            revision: latest.revision,
+            status: latest.status.clone(),
+            chart: String::new(),
+            chart_version: String::new(),
+            app_version: String::new(),
+            last_deployed: None,
+            storage: history.driver,
+            error: None,
+        };
+        match self.fetch(latest).await {
+            Ok(rel) => {
+                row.status = rel.info.status;
+                row.chart = rel.chart.metadata.name;
+                row.chart_version = rel.chart.metadata.version;
+                row.app_version = rel.chart.metadata.app_version;
+                row.last_deployed = rel.info.last_deployed;
+            }
+            Err(e) => row.error = Some(e.to_string()),
+        }
+        row
     }
 
     /// Reads and decodes one record.

@@ -8,7 +8,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::helm::{Driver, ReleaseStatus};
+use crate::cluster::release_store::ListedRelease;
+use crate::helm::ReleaseStatus;
 
 /// One release of one cluster, at its newest revision.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -16,23 +17,13 @@ use crate::helm::{Driver, ReleaseStatus};
 pub struct Release {
     /// The kubeconfig context it was read through.
     pub cluster: String,
-    pub namespace: String,
-    pub name: String,
-    pub revision: u32,
-    pub status: ReleaseStatus,
-    pub chart: String,
-    pub chart_version: String,
-    pub app_version: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_deployed: Option<Timestamp>,
-    pub storage: Driver,
+    /// What its newest record says (`error`: why it, or with `--drifted` the drift, could not
+    /// be read).
+    #[serde(flatten)]
+    pub release: ListedRelease,
     /// With `--drifted`: whether it has drifted (None: not known, the reason in `error`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drifted: Option<bool>,
-    /// Why the newest record (or, with `--drifted`, the drift) could not be read; the other
-    /// fields then come from the record's labels.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// How a cluster answered.
@@ -132,12 +123,12 @@ impl Filters {
     pub fn keep(&self, r: &Release, now: Timestamp) -> bool {
         let status_ok = match (self.failed, self.pending) {
             (false, false) => true,
-            (failed, pending) => (failed && r.status == ReleaseStatus::Failed) || (pending && r.status.is_pending()),
+            (failed, pending) => (failed && r.release.status == ReleaseStatus::Failed) || (pending && r.release.status.is_pending()),
         };
         let stale_ok = self.stale.is_none_or(|d| {
-            r.last_deployed.is_some_and(|t| now.as_second() - t.as_second() > d.as_secs() as i64)
+            r.release.last_deployed.is_some_and(|t| now.as_second() - t.as_second() > d.as_secs() as i64)
         });
-        let chart_ok = self.chart.as_deref().is_none_or(|g| crate::controller::policy::glob(g, &r.chart));
+        let chart_ok = self.chart.as_deref().is_none_or(|g| crate::controller::policy::glob(g, &r.release.chart));
         let drift_ok = !self.drifted || r.drifted == Some(true);
         status_ok && stale_ok && chart_ok && drift_ok
     }
@@ -145,7 +136,7 @@ impl Filters {
 
 /// Sorted for reading: cluster, namespace, name.
 pub fn sort(releases: &mut [Release]) {
-    releases.sort_by(|a, b| (&a.cluster, &a.namespace, &a.name).cmp(&(&b.cluster, &b.namespace, &b.name)));
+    releases.sort_by(|a, b| (&a.cluster, &a.release.namespace, &a.release.name).cmp(&(&b.cluster, &b.release.namespace, &b.release.name)));
 }
 
 /// A chart deployed at more than one version across the chosen clusters.
@@ -169,8 +160,8 @@ pub struct SkewVersion {
 /// in semver order where they parse, newest first.
 pub fn skew(releases: &[Release]) -> Vec<Skew> {
     let mut by_chart: BTreeMap<&str, BTreeMap<&str, Vec<&Release>>> = BTreeMap::new();
-    for r in releases.iter().filter(|r| !r.chart.is_empty()) {
-        by_chart.entry(&r.chart).or_default().entry(&r.chart_version).or_default().push(r);
+    for r in releases.iter().filter(|r| !r.release.chart.is_empty()) {
+        by_chart.entry(&r.release.chart).or_default().entry(&r.release.chart_version).or_default().push(r);
     }
     let mut out = Vec::new();
     for (chart, versions) in by_chart {
@@ -182,7 +173,7 @@ pub fn skew(releases: &[Release]) -> Vec<Skew> {
             .map(|(version, rs)| SkewVersion {
                 version: version.to_string(),
                 clusters: rs.iter().map(|r| r.cluster.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
-                releases: rs.iter().map(|r| format!("{}/{}/{}", r.cluster, r.namespace, r.name)).collect(),
+                releases: rs.iter().map(|r| format!("{}/{}/{}", r.cluster, r.release.namespace, r.release.name)).collect(),
             })
             .collect();
         versions.sort_by_key(|v| std::cmp::Reverse(version_key(&v.version)));
@@ -276,14 +267,14 @@ pub fn render_table(a: &Answer, colour: bool) -> String {
                 .map(|r| {
                     let mut row = vec![
                         r.cluster.clone(),
-                        r.namespace.clone(),
-                        r.name.clone(),
-                        r.revision.to_string(),
-                        r.status.to_string(),
-                        if r.chart.is_empty() { "(unreadable)".into() } else { r.chart.clone() },
-                        r.chart_version.clone(),
-                        r.app_version.clone(),
-                        age(a.now, r.last_deployed),
+                        r.release.namespace.clone(),
+                        r.release.name.clone(),
+                        r.release.revision.to_string(),
+                        r.release.status.to_string(),
+                        if r.release.chart.is_empty() { "(unreadable)".into() } else { r.release.chart.clone() },
+                        r.release.chart_version.clone(),
+                        r.release.app_version.clone(),
+                        age(a.now, r.release.last_deployed),
                     ];
                     if a.drift {
                         row.push(match r.drifted {
@@ -350,17 +341,17 @@ pub fn render_csv(a: &Answer) -> String {
                 out.push_str(&csv_line(&[
                     r.cluster.clone(),
                     "ok".into(),
-                    r.namespace.clone(),
-                    r.name.clone(),
-                    r.revision.to_string(),
-                    r.status.to_string(),
-                    r.chart.clone(),
-                    r.chart_version.clone(),
-                    r.app_version.clone(),
-                    r.last_deployed.map(|t| t.to_string()).unwrap_or_default(),
-                    r.storage.to_string(),
+                    r.release.namespace.clone(),
+                    r.release.name.clone(),
+                    r.release.revision.to_string(),
+                    r.release.status.to_string(),
+                    r.release.chart.clone(),
+                    r.release.chart_version.clone(),
+                    r.release.app_version.clone(),
+                    r.release.last_deployed.map(|t| t.to_string()).unwrap_or_default(),
+                    r.release.storage.to_string(),
                     r.drifted.map(|d| d.to_string()).unwrap_or_default(),
-                    r.error.clone().unwrap_or_default(),
+                    r.release.error.clone().unwrap_or_default(),
                 ]));
             }
         }
@@ -390,17 +381,19 @@ mod tests {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         Release {
             cluster: cluster.into(),
-            namespace: ns.into(),
-            name: name.into(),
-            revision: 1,
-            status,
-            chart: chart.into(),
-            chart_version: version.into(),
-            app_version: "1".into(),
-            last_deployed: Some(Timestamp::from_second(now.as_second() - days_ago * 86400).unwrap()),
-            storage: Driver::Secret,
+            release: ListedRelease {
+                namespace: ns.into(),
+                name: name.into(),
+                revision: 1,
+                status,
+                chart: chart.into(),
+                chart_version: version.into(),
+                app_version: "1".into(),
+                last_deployed: Some(Timestamp::from_second(now.as_second() - days_ago * 86400).unwrap()),
+                storage: crate::helm::Driver::Secret,
+                error: None,
+            },
             drifted: None,
-            error: None,
         }
     }
 
@@ -419,7 +412,7 @@ mod tests {
     }
 
     fn names(rs: &[Release]) -> Vec<String> {
-        rs.iter().map(|r| format!("{}/{}/{}", r.cluster, r.namespace, r.name)).collect()
+        rs.iter().map(|r| format!("{}/{}/{}", r.cluster, r.release.namespace, r.release.name)).collect()
     }
 
     fn select(f: &Filters) -> Vec<String> {
@@ -457,7 +450,7 @@ mod tests {
         assert_eq!(names(&drifted.into_iter().filter(|r| f.keep(r, now())).collect::<Vec<_>>()), ["b/shop/web"], "unknown drift is not drift");
         // A release with no deploy time is not called stale.
         let mut unknown = fleet().remove(4);
-        unknown.last_deployed = None;
+        unknown.release.last_deployed = None;
         assert!(!Filters { stale: Some(Duration::from_secs(3600)), ..Default::default() }.keep(&unknown, now()));
     }
 
@@ -496,7 +489,7 @@ mod tests {
     fn csv_quotes_what_needs_it_and_lists_silent_clusters() {
         let clusters = [Cluster { context: "c".into(), server: None, state: State::Forbidden, reason: Some("secrets is forbidden: User \"x\" cannot list, at the cluster scope".into()), releases: 0, requests: 1 }];
         let mut r = fleet().remove(0);
-        r.app_version = "1,2".into();
+        r.release.app_version = "1,2".into();
         let rs = [r];
         let a = Answer { clusters: &clusters, releases: &rs, skew: None, drift: false, now: now() };
         let csv = render_csv(&a);

@@ -203,34 +203,10 @@ fn colour_of(status: &str) -> Option<&'static str> {
     }
 }
 
-/// An aligned table (columns three spaces apart, like `kubectl get`), some cells coloured: the
-/// width counts the visible text only.
+/// An aligned table (`kubectl get`'s layout), the `coloured` columns' status words coloured when
+/// `colour`.
 fn table(headers: &[&str], rows: &[Vec<String>], coloured: &[usize], colour: bool) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[String], header: bool| {
-        let last = cells.len().saturating_sub(1);
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            match colour_of(cell).filter(|_| colour && !header && coloured.contains(&i)) {
-                Some(c) => out.push_str(&format!("\x1b[{c}m{cell}\x1b[0m")),
-                None => out.push_str(cell),
-            }
-            if i < last {
-                out.extend(std::iter::repeat_n(' ', w - cell.chars().count() + 3));
-            }
-        }
-        out.push('\n');
-    };
-    line(&headers.iter().map(|h| h.to_string()).collect::<Vec<_>>(), true);
-    for row in rows {
-        line(row, false);
-    }
-    out
+    crate::cli::columns::render_painted(headers, rows, |column, cell| colour_of(cell).filter(|_| colour && coloured.contains(&column)))
 }
 
 /// What `inventory` prints, whatever the format.

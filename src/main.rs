@@ -178,33 +178,34 @@ enum PreviewCommand {
     /// preview upgrade RELEASE -n NS -f -`
     Upgrade {
         release: String,
-        #[arg(short = 'n', long)]
-        namespace: Option<String>,
         /// The new manifest, as `helm template` renders it (`-`: stdin)
         #[arg(short = 'f', long = "filename", value_name = "RENDERED.yaml")]
         rendered: String,
-        #[arg(short = 'o', long, value_enum, default_value = "text")]
-        output: DiagnoseOutput,
-        /// Exit 2 when any drifted field would be reverted, kept, or conflict
-        #[arg(long)]
-        detailed_exitcode: bool,
-        /// Predict `helm upgrade --force-conflicts` (server-side apply)
-        #[arg(long)]
-        force_conflicts: bool,
+        #[command(flatten)]
+        flags: PreviewFlags,
     },
     /// A rollback to a revision (default: the one before the newest, as helm rollback)
     Rollback {
         release: String,
         revision: Option<u32>,
-        #[arg(short = 'n', long)]
-        namespace: Option<String>,
-        #[arg(short = 'o', long, value_enum, default_value = "text")]
-        output: DiagnoseOutput,
-        #[arg(long)]
-        detailed_exitcode: bool,
-        #[arg(long)]
-        force_conflicts: bool,
+        #[command(flatten)]
+        flags: PreviewFlags,
     },
+}
+
+/// What both previews take.
+#[derive(clap::Args, Debug)]
+struct PreviewFlags {
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: DiagnoseOutput,
+    /// Exit 2 when any drifted field would be reverted or kept, or anything would conflict
+    #[arg(long)]
+    detailed_exitcode: bool,
+    /// Predict the operation with `--force-conflicts` (server-side apply)
+    #[arg(long)]
+    force_conflicts: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -263,13 +264,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Diagnose { release, namespace, output, rendered } => diagnose(release, namespace, output, rendered).await,
         Command::Unlock { release, namespace, yes, force, pending_timeout } => unlock(release, namespace, yes, force, pending_timeout).await,
-        Command::Preview { what: PreviewCommand::Upgrade { release, namespace, rendered, output, detailed_exitcode, force_conflicts } } => {
+        Command::Preview { what: PreviewCommand::Upgrade { release, rendered, flags } } => {
             let objects = rendered_objects(&rendered)?;
-            preview(release, namespace, Target::Rendered(objects), output, detailed_exitcode, force_conflicts).await
+            preview(release, Target::Rendered(objects), flags).await
         }
-        Command::Preview { what: PreviewCommand::Rollback { release, revision, namespace, output, detailed_exitcode, force_conflicts } } => {
-            preview(release, namespace, Target::Revision(revision), output, detailed_exitcode, force_conflicts).await
-        }
+        Command::Preview { what: PreviewCommand::Rollback { release, revision, flags } } => preview(release, Target::Revision(revision), flags).await,
         Command::Inventory { contexts, all_contexts, namespace, all_namespaces: _, output, failed, pending, stale, skew, chart, drifted } => {
             let stale = stale.map(|d| driftwatch::api::parse_duration(&d).map_err(|e| anyhow::anyhow!("--stale: {e}"))).transpose()?;
             let filters = driftwatch::inventory::Filters { failed, pending, stale, chart, drifted };
@@ -498,13 +497,7 @@ async fn client() -> anyhow::Result<kube::Client> {
 /// The kubeconfig's current context, or `DRIFTWATCH_CONTEXT`'s (`helm --kube-context C
 /// driftwatch …` sets it), as kubectl reads it; in a pod, the service account.
 async fn kube_config() -> anyhow::Result<kube::Config> {
-    match std::env::var("DRIFTWATCH_CONTEXT").ok().filter(|c| !c.is_empty()) {
-        Some(context) => {
-            let options = kube::config::KubeConfigOptions { context: Some(context), ..Default::default() };
-            Ok(kube::Config::from_kubeconfig(&options).await?)
-        }
-        None => Ok(kube::Config::infer().await?),
-    }
+    driftwatch::cluster::config_for(std::env::var("DRIFTWATCH_CONTEXT").ok().filter(|c| !c.is_empty()).as_deref()).await
 }
 
 /// The namespace from `-n`, else the kubeconfig context's, like kubectl; None with `-A`.
@@ -895,7 +888,8 @@ enum Target {
     Revision(Option<u32>),
 }
 
-async fn preview(release: String, namespace: Option<String>, target: Target, output: DiagnoseOutput, detailed: bool, force: bool) -> anyhow::Result<ExitCode> {
+async fn preview(release: String, target: Target, flags: PreviewFlags) -> anyhow::Result<ExitCode> {
+    let PreviewFlags { namespace, output, detailed_exitcode: detailed, force_conflicts: force } = flags;
     let ns = scope(namespace, false).await?.unwrap_or_default();
     let client = client().await?;
     let store = driftwatch::cluster::ReleaseStore::new(client.clone());

@@ -33,11 +33,7 @@ pub struct Ask {
 /// A client for a kubeconfig context (None: the current one, or the pod's service account)
 /// whose requests are counted.
 async fn client_for(context: Option<&str>) -> Result<(kube::Client, String, Arc<AtomicU64>), String> {
-    let options = kube::config::KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
-    let mut config = match context {
-        Some(_) => kube::Config::from_kubeconfig(&options).await.map_err(|e| e.to_string())?,
-        None => kube::Config::infer().await.map_err(|e| e.to_string())?,
-    };
+    let mut config = crate::cluster::config_for(context).await.map_err(|e| e.to_string())?;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(READ_TIMEOUT);
     let server = config.cluster_url.to_string();

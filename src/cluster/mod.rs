@@ -10,6 +10,15 @@ pub mod release_store;
 pub use resolve::{ResolveError, ResolvedKind, Resolver};
 pub use release_store::{ReleaseStore, StorageError};
 
+/// The client configuration of a kubeconfig context (None: the current one, or in a pod its
+/// service account), as kubectl reads it.
+pub async fn config_for(context: Option<&str>) -> anyhow::Result<kube::Config> {
+    Ok(match context {
+        Some(c) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions { context: Some(c.to_string()), ..Default::default() }).await?,
+        None => kube::Config::infer().await?,
+    })
+}
+
 /// Whether a failed request may succeed if asked again: the API server did not answer (a
 /// connection, TLS or timeout error), answered that it could not yet (5xx, 429 Too Many
 /// Requests), or the object changed under the request (409 Conflict). Every other answer

@@ -487,17 +487,24 @@ async fn client() -> anyhow::Result<kube::Client> {
         );
     }
     let source = std::env::var("KUBECONFIG").map_or_else(|_| "the default kubeconfig".to_string(), |k| format!("KUBECONFIG={k}"));
-    let config = match std::env::var("DRIFTWATCH_CONTEXT").ok().filter(|c| !c.is_empty()) {
-        Some(context) => kube_config().await.with_context(|| format!("no usable context {context:?} (DRIFTWATCH_CONTEXT, or helm's --kube-context) in {source}"))?,
-        None => kube_config().await.with_context(|| format!("cannot read {source}"))?,
-    };
+    let context = context_asked();
+    let config = driftwatch::cluster::config_for(context.as_deref()).await.with_context(|| match &context {
+        Some(c) => format!("no usable context {c:?} (DRIFTWATCH_CONTEXT, or helm's --kube-context) in {source}"),
+        None => format!("cannot read {source}"),
+    })?;
     kube::Client::try_from(config).with_context(|| format!("cannot build a Kubernetes client from {source}"))
 }
 
-/// The kubeconfig's current context, or `DRIFTWATCH_CONTEXT`'s (`helm --kube-context C
-/// driftwatch …` sets it), as kubectl reads it; in a pod, the service account.
+/// The kubeconfig context asked for instead of the current one: `DRIFTWATCH_CONTEXT` (`helm
+/// --kube-context C driftwatch …` sets it).
+fn context_asked() -> Option<String> {
+    std::env::var("DRIFTWATCH_CONTEXT").ok().filter(|c| !c.is_empty())
+}
+
+/// The configuration of the context asked for, else the current one (in a pod: its service
+/// account).
 async fn kube_config() -> anyhow::Result<kube::Config> {
-    driftwatch::cluster::config_for(std::env::var("DRIFTWATCH_CONTEXT").ok().filter(|c| !c.is_empty()).as_deref()).await
+    driftwatch::cluster::config_for(context_asked().as_deref()).await
 }
 
 /// The namespace from `-n`, else the kubeconfig context's, like kubectl; None with `-A`.
@@ -838,7 +845,7 @@ fn inventory_contexts(named: Vec<String>, all: bool) -> anyhow::Result<Vec<(Stri
         anyhow::ensure!(!names.is_empty(), "the kubeconfig has no context");
         return Ok(names);
     }
-    let current = std::env::var("DRIFTWATCH_CONTEXT").ok().filter(|c| !c.is_empty()).or(kubeconfig.current_context.clone());
+    let current = context_asked().or(kubeconfig.current_context.clone());
     match current {
         Some(c) => Ok(vec![(c, false)]),
         None => anyhow::bail!("the kubeconfig has no current context: name one with --context, or use --all-contexts"),

@@ -90,6 +90,14 @@ fn compare(doc: &Value, n: &str, only: &[&str]) -> (usize, Vec<String>) {
     (agreed, disagreed)
 }
 
+/// Every predicted row against the live state after the real operation: none disagrees.
+/// Returns how many were compared.
+fn all_agree(doc: &Value, n: &str) -> usize {
+    let (agreed, disagreed) = compare(doc, n, &[]);
+    assert!(disagreed.is_empty(), "{disagreed:#?}");
+    agreed
+}
+
 async fn upgrade_as_predicted(helm: Helm) {
     let client = common::client().await;
     let ns = TestNamespace::new(&client, &format!("preview-{}", helm.short())).await;
@@ -121,9 +129,7 @@ async fn upgrade_as_predicted(helm: Helm) {
             let summary = doc["summary"].as_str().unwrap();
             assert!(summary.starts_with("this upgrade reverts 3 manual changes (hotfix, kubectl, kubectl-edit, ") && summary.contains(", and keeps 2 changes silently (kubectl-edit, "), "{doc:#}");
             assert!(upgrade.status.success(), "{said}");
-            let (agreed, disagreed) = compare(&doc, n, &[]);
-            assert!(disagreed.is_empty(), "{disagreed:#?}");
-            assert_eq!(agreed, doc["fields"].as_array().unwrap().len());
+            assert_eq!(all_agree(&doc, n), doc["fields"].as_array().unwrap().len());
         }
         Helm::V4 => {
             // Server-side apply: each field another manager owns is a conflict, and helm says so.
@@ -149,9 +155,7 @@ async fn upgrade_as_predicted(helm: Helm) {
             let takes: Vec<String> = drifted_rows(&forced).iter().map(|r| r.split(' ').next().unwrap().to_string()).collect();
             assert_eq!(takes, ["takenOver", "kept", "takenOver", "takenOver", "takenOver"], "{forced:#}");
             helm.ok(&["upgrade", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT, "--force-conflicts"]);
-            let (agreed, disagreed) = compare(&forced, n, &[]);
-            assert!(disagreed.is_empty(), "{disagreed:#?}");
-            assert_eq!(agreed, forced["fields"].as_array().unwrap().len());
+            assert_eq!(all_agree(&forced, n), forced["fields"].as_array().unwrap().len());
         }
     }
 }
@@ -214,9 +218,7 @@ async fn changes_as_predicted(helm: Helm) {
             }
             let done = upgrade(&[]);
             assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
-            let (agreed, disagreed) = compare(&doc, n, &[]);
-            assert!(disagreed.is_empty(), "{disagreed:#?}");
-            assert_eq!(agreed, 6);
+            assert_eq!(all_agree(&doc, n), 6);
         }
         Helm::V4 => {
             assert_eq!(
@@ -243,9 +245,7 @@ async fn changes_as_predicted(helm: Helm) {
             assert!(drifted_rows(&forced).contains(&"takenOver Widget /spec/color".to_string()), "{forced:#}");
             let done = upgrade(&["--force-conflicts"]);
             assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
-            let (agreed, disagreed) = compare(&forced, n, &[]);
-            assert!(disagreed.is_empty(), "{disagreed:#?}");
-            assert_eq!(agreed, 5);
+            assert_eq!(all_agree(&forced, n), 5);
         }
     }
     // The replicas nobody owned are the new values' (no conflict stopped them).
@@ -294,9 +294,7 @@ async fn rollback_as_predicted(helm: Helm) {
         }
         other => panic!("unexpected {other}: {doc:#}"),
     }
-    let (agreed, disagreed) = compare(&doc, n, &[]);
-    assert!(disagreed.is_empty(), "{disagreed:#?}");
-    assert_eq!(agreed, doc["fields"].as_array().unwrap().len());
+    assert_eq!(all_agree(&doc, n), doc["fields"].as_array().unwrap().len());
 }
 
 #[tokio::test]

@@ -326,6 +326,13 @@ impl Index {
         }
     }
 
+    /// This replica became the leader: what it remembers having written may have been
+    /// overwritten by the leader before it, so the reports are read again before any is written.
+    pub fn new_term(&mut self) {
+        self.written.clear();
+        self.seeded = false;
+    }
+
     /// The release is gone (or no policy covers it): forget what was written and checked.
     /// True if a report had been written.
     pub fn forget(&mut self, key: &ReleaseKey) -> bool {
@@ -541,5 +548,19 @@ mod tests {
         assert!(index.written(&key("a", "web")).unwrap().drifted, "a seeded memo never replaces one already known");
         assert!(index.forget(&key("a", "web")));
         assert!(!index.forget(&key("a", "web")));
+    }
+
+    #[test]
+    fn a_new_term_reads_the_reports_again() {
+        let mut index = Index::default();
+        let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written { comparable: serde_json::json!({}), full: serde_json::json!({}) }, written_at: Instant::now() };
+        index.wrote(key("a", "web"), memo.clone(), false);
+        index.seeded = true;
+        index.new_term();
+        assert!(index.written(&key("a", "web")).is_none() && !index.seeded, "another leader may have written since");
+        let mut theirs = memo;
+        theirs.drifted = false;
+        index.wrote(key("a", "web"), theirs, true);
+        assert!(!index.written(&key("a", "web")).unwrap().drifted, "the report's memo is taken");
     }
 }

@@ -193,8 +193,11 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         let (c, ns, id, flag, stop2, me) = (client.clone(), settings.namespace.clone(), settings.identity.clone(), leadership.flag(), stop.clone(), ctl.clone());
         tasks.spawn(async move {
             lease::run(c, ns, id, flag, stop2, move || {
-                // A new leader reads what the reports say before writing any.
-                me.index().seeded = false;
+                // A new leader reads what the reports say before writing any, and takes over the
+                // heal history they show (HealState::resume) rather than what it remembers from an
+                // earlier term.
+                me.index().new_term();
+                me.heals.lock().expect("heals").clear();
                 me.enqueue(Work::All)
             })
             .await

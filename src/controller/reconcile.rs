@@ -376,7 +376,8 @@ impl Controller {
         previous: Option<&Memo>,
         now: jiff::Timestamp,
     ) -> (HealView, Vec<Event>) {
-        let mut st = self.heals.lock().expect("heals").remove(key).unwrap_or_default();
+        let remembered = self.heals.lock().expect("heals").remove(key);
+        let mut st = remembered.unwrap_or_else(|| previous.map(|m| crate::heal::HealState::resume(&m.status.full, now, Instant::now())).unwrap_or_default());
         let mut events = Vec::new();
         if report.drifted && report.error.is_none() && self.writer.leadership.leads() {
             let spec = &policy.spec().heal;

@@ -262,6 +262,26 @@ pub fn record(state: &mut HealState, plan: Plan, results: Vec<(Action, Result<()
 }
 
 impl HealState {
+    /// What a replica that never healed this release takes over from the report another replica
+    /// wrote (after a restart or a leadership change): the heal count, the last heal, the
+    /// `Healed` condition, and the last heal as one of the hour's heals when it falls inside
+    /// it (so `maxPerHour` is not reset by a failover). `status` is the report's status.
+    pub fn resume(status: &Value, now: jiff::Timestamp, at: Instant) -> HealState {
+        let last = status.get("lastHeal").filter(|v| !v.is_null()).cloned();
+        let condition = status.get("conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == "Healed")).map(|c| {
+            let text = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+            (text("status"), text("reason"), text("message"))
+        });
+        let mut times = VecDeque::new();
+        let since = last.as_ref().and_then(|l| l.get("time")?.as_str()?.parse::<jiff::Timestamp>().ok()).map(|t| now.as_millisecond() - t.as_millisecond());
+        if let Some(ms) = since.filter(|ms| (0..super::RATE_WINDOW.as_millis() as i64).contains(ms)) {
+            if let Some(t) = at.checked_sub(Duration::from_millis(ms as u64)) {
+                times.push_back(t);
+            }
+        }
+        HealState { total: status.get("heals").and_then(Value::as_u64).unwrap_or(0) as u32, times, last, condition, ..HealState::default() }
+    }
+
     /// A contested path outranks every other `Healed` condition: it needs a person.
     pub fn show_contested(&mut self) {
         if let Some((path, manager)) = self.contested.iter().next() {
@@ -283,6 +303,31 @@ pub fn settle_hint(path_key: &str, manager: &str) -> String {
 mod tests {
     use super::*;
     use crate::drift::managed::FieldKey;
+
+    #[test]
+    fn a_new_replica_resumes_the_heal_history_the_report_shows() {
+        let now: jiff::Timestamp = "2026-12-02T02:00:00Z".parse().unwrap();
+        let at = Instant::now();
+        let status = json!({
+            "heals": 3,
+            "lastHeal": {"time": "2026-12-02T01:50:00Z", "result": "Succeeded", "resources": ["Deployment/app"]},
+            "conditions": [
+                {"type": "Drifted", "status": "False", "reason": "InSync", "message": "m"},
+                {"type": "Healed", "status": "True", "reason": "HealSucceeded", "message": "put back Deployment/app"}
+            ]
+        });
+        let st = HealState::resume(&status, now, at);
+        assert_eq!(st.total, 3);
+        assert_eq!(st.condition, Some(("True".into(), "HealSucceeded".into(), "put back Deployment/app".into())));
+        assert_eq!(st.last.as_ref().unwrap()["result"], "Succeeded");
+        assert_eq!(st.times.len(), 1, "the last heal counts towards maxPerHour");
+        assert!((at - st.times[0]).as_secs() == 600);
+        // A heal more than an hour ago does not count; a report without heals resumes nothing.
+        let old = json!({"heals": 1, "lastHeal": {"time": "2026-12-02T00:30:00Z"}});
+        assert!(HealState::resume(&old, now, at).times.is_empty());
+        let none = HealState::resume(&json!({"conditions": []}), now, at);
+        assert_eq!((none.total, none.last, none.condition), (0, None, None));
+    }
 
     fn target() -> Target {
         Target { resource: ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()), namespace: Some("shop".into()), name: "cfg".into() }

@@ -312,7 +312,7 @@ async fn check_object(
     if let Some(hit) = settings.reuse.and_then(|r| r.unchanged(&o.api_version, &o.kind, ns.as_deref(), &o.name)) {
         return (hit, 0);
     }
-    let live = match resolver.get_live(&kind, ns.as_deref(), &o.name).await {
+    let live = match resolver.read_live(&kind, ns.as_deref(), &o.name).await {
         Ok(Some(l)) => l,
         Ok(None) => {
             report.state = ObjectState::Missing;

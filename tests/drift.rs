@@ -224,3 +224,52 @@ async fn helm3_rollback_after_a_failed_upgrade() {
 async fn helm4_rollback_after_a_failed_upgrade() {
     rollback_after_a_failed_upgrade(Helm::V4).await;
 }
+
+/// `check -n NS` reads a namespace's objects by LIST per kind (issue 18), not one GET per
+/// object, and finds the same drift a per-object read does: every kind of change, each in its
+/// release, nothing else; an object deleted after the listing is still Missing, an object that
+/// is not in the listing is read by GET.
+#[tokio::test]
+async fn a_namespace_is_read_by_list() {
+    let client = common::client().await;
+    let ns = TestNamespace::new(&client, "listed").await;
+    let n = ns.name.as_str();
+    let chart = common::chart("many");
+    let releases = [("r1", Helm::V3), ("r2", Helm::V4), ("r3", Helm::V3), ("r4", Helm::V4)];
+    for (name, helm) in releases {
+        helm.ok(&["install", name, &chart, "-n", n, "--set", "apps=3,image=registry.example.com/app:1"]);
+    }
+    kubectl(&["scale", "deployment/r1-app-0", "-n", n, "--replicas=3"]);
+    kubectl(&["patch", "configmap/r2-app-1", "-n", n, "--type=merge", "-p", r#"{"data":{"index":"9"}}"#]);
+    kubectl(&["delete", "service/r3-app-2", "-n", n]);
+    // Not Helm's: listed with the rest, never reported.
+    kubectl(&["create", "configmap", "bystander", "-n", n, "--from-literal=a=b"]);
+
+    let out = driftwatch(&["check", "-n", n, "-o", "json", "-v"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    let reports = doc["releases"].as_array().unwrap();
+    assert_eq!(reports.len(), 4, "{doc}");
+    let shape = |name: &str| common::drift_shape(&reports.iter().find(|r| r["name"] == name).unwrap()["resources"]);
+    assert_eq!(shape("r1"), vec![r#""Deployment" "r1-app-0" "Modified" ["\"/spec/replicas\":\"Modified\":\"kubectl\""]"#.to_string()]);
+    assert_eq!(shape("r2"), vec![r#""ConfigMap" "r2-app-1" "Modified" ["\"/data/index\":\"Modified\":\"kubectl-patch\""]"#.to_string()]);
+    assert_eq!(shape("r3"), vec![r#""Service" "r3-app-2" "Missing" []"#.to_string()]);
+    assert_eq!(shape("r4"), Vec::<String>::new());
+    for r in reports {
+        assert_eq!(r["summary"]["resources"], 12, "{r}");
+        assert_eq!(r["summary"]["errors"], 0, "{r}");
+    }
+    // Each single-release check (GET first, then the listing) says the same.
+    for (name, _) in releases {
+        let (_, single) = check(name, n, &[]);
+        assert_eq!(common::drift_shape(&single["resources"]), shape(name), "{name}");
+    }
+
+    // 48 objects of 4 kinds: a GET and a LIST per kind, a GET for the deleted Service, two
+    // discoveries, the OpenAPI index and two documents, two confirming dry-runs (per object it
+    // was 48 reads and the rest).
+    let line = stderr.lines().find(|l| l.contains("API requests")).unwrap_or_else(|| panic!("no request count: {stderr}"));
+    let reads: usize = line.split(" for discovery").next().and_then(|p| p.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    assert!(reads <= 20, "live reads by LIST per kind, not per object: {reads} requests for 48 objects ({line})");
+    eprintln!("check -n of 4 releases, 48 objects: {reads} requests for discovery, schemas, live reads and dry-runs");
+}

@@ -1,12 +1,15 @@
 //! Resolving manifest objects against the API server: kind → resource and scope (discovery,
 //! cached per group-version), the kind's schema (OpenAPI v3, cached per group-version), live
-//! reads, and the server-side dry-run that confirms a local verdict. Counts its requests.
+//! reads (by LIST per kind and namespace when a scan asks for several objects of one, see
+//! [`Resolver::read_live`]), and the server-side dry-run that confirms a local verdict. Counts
+//! its requests.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use serde_json::Value;
@@ -72,6 +75,50 @@ pub struct Resolver {
     requests: AtomicUsize,
     /// Live reads from the API server's watch cache (`resourceVersion=0`) instead of etcd.
     cached_reads: bool,
+    /// Listings of a kind in a namespace that serve [`Resolver::read_live`], by (resource, namespace).
+    listings: std::sync::Mutex<HashMap<(String, Option<String>), Arc<Listing>>>,
+}
+
+/// How long one listing of a kind in a namespace serves reads. Each listed object is handed
+/// out once (a second read of it is a GET: fresh), and what nobody asked for within this time
+/// is dropped with the listing.
+pub const LISTING_TTL: Duration = Duration::from_secs(10);
+/// Objects per page of a listing.
+pub const LIST_PAGE: u32 = 500;
+
+/// One kind in one namespace as a scan reads it: the first object asked for is read by GET
+/// (a single re-check reads one object), the second makes the listing, which serves the rest.
+struct Listing {
+    since: Instant,
+    asked: AtomicUsize,
+    /// Each object as the API server's JSON, by name (compact: parsed when taken). `None` when
+    /// the listing failed: its objects are read one by one, each with its own answer.
+    objects: tokio::sync::OnceCell<Option<std::sync::Mutex<HashMap<String, Box<str>>>>>,
+}
+
+/// One page of a LIST answer, its items kept as text.
+#[derive(serde::Deserialize)]
+struct Page<'a> {
+    #[serde(borrow)]
+    items: Vec<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    metadata: PageMeta,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct PageMeta {
+    #[serde(rename = "continue", default)]
+    continue_: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Named {
+    metadata: NameOnly,
+}
+
+#[derive(serde::Deserialize)]
+struct NameOnly {
+    name: String,
 }
 
 /// The field manager of confirmation dry-runs (never persisted: dry-run).
@@ -87,6 +134,7 @@ impl Resolver {
             kinds: std::sync::Mutex::new(HashMap::new()),
             requests: AtomicUsize::new(0),
             cached_reads: false,
+            listings: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -228,6 +276,72 @@ impl Resolver {
             api.get_opt(name).await.map_err(api_error)?
         };
         Ok(obj.map(|o| serde_json::to_value(o).expect("a DynamicObject serialises")))
+    }
+
+    /// The live object as a scan reads it, or None when it does not exist. The first object of
+    /// a kind in a namespace is read by GET; asking for a second within [`LISTING_TTL`] lists
+    /// the kind in that namespace once (in pages of [`LIST_PAGE`], from the watch cache with
+    /// cached reads) and serves it and the rest from that listing, each object once. An object
+    /// the listing does not hold (created since, deleted, or a listing that failed) is read by
+    /// GET, so no answer rests on the listing alone. For reads that must be fresh (a heal), use
+    /// [`Resolver::get_live`].
+    pub async fn read_live(&self, kind: &ResolvedKind, namespace: Option<&str>, name: &str) -> Result<Option<Value>, ResolveError> {
+        let namespace = namespace.filter(|_| kind.namespaced);
+        let listing = {
+            let now = Instant::now();
+            let mut listings = self.listings.lock().expect("listings");
+            listings.retain(|_, l| now.duration_since(l.since) < LISTING_TTL);
+            let key = (format!("{}/{}", kind.resource.api_version, kind.resource.plural), namespace.map(str::to_string));
+            listings.entry(key).or_insert_with(|| Arc::new(Listing { since: now, asked: AtomicUsize::new(0), objects: tokio::sync::OnceCell::new() })).clone()
+        };
+        if listing.asked.fetch_add(1, Ordering::SeqCst) == 0 {
+            return self.get_live(kind, namespace, name).await;
+        }
+        let listed = listing.objects.get_or_init(|| self.list_all(kind, namespace)).await;
+        let taken = listed.as_ref().and_then(|objects| objects.lock().expect("listing").remove(name));
+        if let Some(text) = taken {
+            if let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(&text) {
+                // A list's items carry no apiVersion and kind; a GET's do.
+                object.insert("apiVersion".into(), Value::String(kind.resource.api_version.clone()));
+                object.insert("kind".into(), Value::String(kind.resource.kind.clone()));
+                return Ok(Some(Value::Object(object)));
+            }
+        }
+        self.get_live(kind, namespace, name).await
+    }
+
+    /// Every object of a kind in a namespace (or the cluster), page by page, as text by name.
+    /// None when a page could not be read (the caller reads object by object instead).
+    async fn list_all(&self, kind: &ResolvedKind, namespace: Option<&str>) -> Option<std::sync::Mutex<HashMap<String, Box<str>>>> {
+        let api = self.api(kind, namespace);
+        let mut params = ListParams::default().limit(LIST_PAGE);
+        if self.cached_reads {
+            params = params.match_any();
+        }
+        let mut objects = HashMap::new();
+        loop {
+            self.count();
+            let request = kube::core::Request::new(api.resource_url()).list(&params).ok()?;
+            let text = match self.client.request_text(request).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(kind = kind.resource.kind, namespace, error = %e, "cannot list; reading objects one by one");
+                    return None;
+                }
+            };
+            let page: Page = serde_json::from_str(&text).ok()?;
+            for item in page.items {
+                if let Ok(named) = serde_json::from_str::<Named>(item.get()) {
+                    objects.insert(named.metadata.name, Box::from(item.get()));
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                // A continued list names no resourceVersion (the token carries it).
+                Some(token) => params = ListParams { continue_token: Some(token), ..ListParams::default().limit(LIST_PAGE) },
+                None => break,
+            }
+        }
+        Some(std::sync::Mutex::new(objects))
     }
 
     /// What the object would be after a server-side apply of `desired` (dry-run: nothing is

@@ -135,6 +135,10 @@ impl Controller {
         // Releases whose objects are stamped and that have no record: lost (LostRecords).
         let lost: Vec<ReleaseKey> = self.index().stamped_releases().into_iter().filter(|k| !releases.contains(k) && self.covers(&k.0)).collect();
         self.enqueue_releases(lost);
+        // Namespace by namespace: the objects a scan lists (Resolver::read_live) are taken
+        // while their listing is fresh, and only one namespace's are held at a time.
+        let mut releases: Vec<ReleaseKey> = releases.into_iter().collect();
+        releases.sort();
         self.enqueue_releases(releases);
         self.enqueue(Work::PolicyStatus);
     }

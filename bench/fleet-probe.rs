@@ -345,6 +345,8 @@ async fn main() -> anyhow::Result<()> {
         let mut child = tokio::process::Command::new(&args.driftwatch)
             .args(["run", "--metrics-addr", "127.0.0.1:26880", "--health-addr", "127.0.0.1:26881"])
             .env("POD_NAMESPACE", "driftwatch-system")
+            // A heap-profiling build (FLEET_HEAP=1) leaves dhat-heap.json with the results.
+            .current_dir(&args.out)
             .stdout(Stdio::null())
             .stderr(logfile)
             .kill_on_drop(true)
@@ -467,7 +469,7 @@ async fn main() -> anyhow::Result<()> {
         rows.push(("controller RSS, peak (VmHWM)".into(), format!("{peak:.1} MiB"), "".into()));
         j["rssPeakMiB"] = json!(peak);
         let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
-        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(120), child.wait()).await;
         let samples = sampler.samples.lock().expect("samples").clone();
         std::fs::write(args.out.join("rss.tsv"), samples.iter().map(|(t, m)| format!("{t:.1}\t{m:.1}\n")).collect::<String>())?;
     }

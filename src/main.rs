@@ -214,7 +214,14 @@ enum DiagnoseOutput {
     Json,
 }
 
+/// bench/memory's heap profile (`--features dhat-heap`): every allocation, by call site.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -68,10 +68,10 @@ pub struct Resolver {
     client: Client,
     resources: Mutex<HashMap<String, Result<Arc<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResource>>, ResolveError>>>,
     openapi_index: Mutex<Option<Option<Value>>>,
-    /// A group-version document's `components.schemas`, by document path.
-    schemas: Mutex<HashMap<String, Option<Arc<serde_json::Map<String, Value>>>>>,
     /// Each kind's schema, by "apiVersion kind" (made once: a check asks for every object).
-    kinds: std::sync::Mutex<HashMap<String, Option<Arc<OpenApiSchema>>>>,
+    /// Only these fragments are kept, never a whole document (memory, issue 18): a document is
+    /// read again for another kind of its group-version, once per kind.
+    kinds: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Option<Arc<OpenApiSchema>>>>>>,
     requests: AtomicUsize,
     /// Live reads from the API server's watch cache (`resourceVersion=0`) instead of etcd.
     cached_reads: bool,
@@ -130,7 +130,6 @@ impl Resolver {
             client,
             resources: Mutex::new(HashMap::new()),
             openapi_index: Mutex::new(None),
-            schemas: Mutex::new(HashMap::new()),
             kinds: std::sync::Mutex::new(HashMap::new()),
             requests: AtomicUsize::new(0),
             cached_reads: false,
@@ -196,30 +195,17 @@ impl Resolver {
     /// The kind's schema from the server's OpenAPI v3 document; `Ok(None)` when it has none;
     /// an error (not remembered) when the document could not be read.
     pub async fn schema(&self, api_version: &str, kind: &str) -> Result<Option<Arc<OpenApiSchema>>, ResolveError> {
-        let key = format!("{api_version} {kind}");
-        if let Some(hit) = self.kinds.lock().expect("schema cache").get(&key) {
-            return Ok(hit.clone());
-        }
-        let path = if api_version.contains('/') { format!("apis/{api_version}") } else { format!("api/{api_version}") };
-        let components = {
-            let mut cache = self.schemas.lock().await;
-            match cache.get(&path) {
-                Some(d) => d.clone(),
-                None => {
-                    // Only the schemas are kept, not the paths (memory).
-                    let d = self.fetch_openapi(&path).await?.and_then(|mut doc| match doc.pointer_mut("/components/schemas").map(Value::take) {
-                        Some(Value::Object(m)) => Some(Arc::new(m)),
-                        _ => None,
-                    });
-                    cache.insert(path.clone(), d.clone());
-                    d
-                }
-            }
-        };
-        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        let schema = components.and_then(|c| OpenApiSchema::for_kind_in(&c, group, version, kind)).map(Arc::new);
-        self.kinds.lock().expect("schema cache").insert(key, schema.clone());
-        Ok(schema)
+        // One read per kind: the checks that want the same kind wait for it (a failed read
+        // leaves the cell empty, and the next check reads again).
+        let cell = self.kinds.lock().expect("schema cache").entry(format!("{api_version} {kind}")).or_default().clone();
+        let schema = cell
+            .get_or_try_init(|| async {
+                let path = if api_version.contains('/') { format!("apis/{api_version}") } else { format!("api/{api_version}") };
+                let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+                Ok::<_, ResolveError>(self.fetch_openapi(&path).await?.and_then(|doc| OpenApiSchema::for_kind(&doc, group, version, kind)).map(Arc::new))
+            })
+            .await?;
+        Ok(schema.clone())
     }
 
     /// A group-version's OpenAPI v3 document; `Ok(None)` when the server lists none for it.

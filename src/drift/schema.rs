@@ -33,6 +33,30 @@ pub trait Schema: Send + Sync {
     fn is_quantity(&self, path: &[Step]) -> bool;
 }
 
+/// The definition names a schema node's `$ref`s lead to (one step).
+fn refs_in(node: &Value, out: &mut Vec<String>) {
+    match node {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push(r.rsplit('/').next().unwrap_or(r).to_string());
+            }
+            m.values().for_each(|v| refs_in(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| refs_in(v, out)),
+        _ => {}
+    }
+}
+
+/// A schema node without its descriptions (text for people; a property named `description`
+/// is a schema, an object, and stays).
+fn slim(node: &Value) -> Value {
+    match node {
+        Value::Object(m) => Value::Object(m.iter().filter(|(k, v)| !(k.as_str() == "description" && v.is_string())).map(|(k, v)| (k.clone(), slim(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(slim).collect()),
+        other => other.clone(),
+    }
+}
+
 const QUANTITY_REF: &str = "io.k8s.apimachinery.pkg.api.resource.Quantity";
 
 /// A kind's schema from an OpenAPI v3 document (`components.schemas`), rooted at the
@@ -46,12 +70,13 @@ pub struct OpenApiSchema {
 impl OpenApiSchema {
     /// The schema of `group/version, kind` in a group-version's OpenAPI v3 document.
     pub fn for_kind(document: &Value, group: &str, version: &str, kind: &str) -> Option<Self> {
-        let components = Arc::new(document.pointer("/components/schemas")?.as_object()?.clone());
-        Self::for_kind_in(&components, group, version, kind)
+        Self::for_kind_in(document.pointer("/components/schemas")?.as_object()?, group, version, kind)
     }
 
-    /// The same from a document's `components.schemas`, shared by all kinds of the document.
-    pub fn for_kind_in(components: &Arc<Map<String, Value>>, group: &str, version: &str, kind: &str) -> Option<Self> {
+    /// The same from a document's `components.schemas`. Keeps only what the kind reaches
+    /// (its definition and those its `$ref`s lead to), without descriptions: a document is
+    /// several megabytes (core v1's most), a kind's fragments a few kilobytes (issue 18).
+    pub fn for_kind_in(components: &Map<String, Value>, group: &str, version: &str, kind: &str) -> Option<Self> {
         let root = components.values().find(|def| {
             def.get("x-kubernetes-group-version-kind")
                 .and_then(Value::as_array)
@@ -63,7 +88,23 @@ impl OpenApiSchema {
                     })
                 })
         })?;
-        Some(OpenApiSchema { components: components.clone(), root: root.clone() })
+        let mut kept = Map::new();
+        let mut todo = Vec::new();
+        refs_in(root, &mut todo);
+        while let Some(name) = todo.pop() {
+            if kept.contains_key(&name) {
+                continue;
+            }
+            let Some(def) = components.get(&name) else { continue };
+            refs_in(def, &mut todo);
+            kept.insert(name, slim(def));
+        }
+        Some(OpenApiSchema { components: Arc::new(kept), root: slim(root) })
+    }
+
+    /// The definitions this schema keeps (for tests and the heap profile).
+    pub fn definitions(&self) -> usize {
+        self.components.len()
     }
 
     /// A schema from a bare JSON schema (a CRD's `openAPIV3Schema`; no `$ref`s).
@@ -237,6 +278,22 @@ mod tests {
         assert!(s.is_quantity(&at(&[Field("containers"), Item, Field("resources"), Field("limits"), Field("memory")])));
         assert!(!s.is_quantity(&at(&[Field("containers"), Item, Field("name")])));
         assert!(OpenApiSchema::for_kind(&doc(), "apps", "v1", "StatefulSet").is_none());
+    }
+
+    #[test]
+    fn keeps_only_what_the_kind_reaches_without_descriptions() {
+        let mut d = doc();
+        let schemas = d.pointer_mut("/components/schemas").unwrap().as_object_mut().unwrap();
+        schemas.insert("io.k8s.api.core.v1.Unrelated".into(), json!({"properties": {"x": {"type": "string"}}}));
+        schemas["io.k8s.api.core.v1.PodSpec"]["description"] = "PodSpec is a description of a pod.".into();
+        schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["description"] = json!({"type": "string", "description": "a field named description"});
+        let s = OpenApiSchema::for_kind(&d, "apps", "v1", "Deployment").unwrap();
+        assert_eq!(s.definitions(), 5, "DeploymentSpec, PodTemplateSpec, PodSpec, Container and Quantity (the root is kept apart)");
+        assert!(!s.components.contains_key("io.k8s.api.core.v1.Unrelated"));
+        let pod = &s.components["io.k8s.api.core.v1.PodSpec"];
+        assert!(pod.get("description").is_none(), "{pod}");
+        assert_eq!(pod["properties"]["description"], json!({"type": "string"}), "a property named description stays");
+        assert!(s.is_quantity(&[Step::Field("spec"), Step::Field("template"), Step::Field("spec"), Step::Field("containers"), Step::Item, Step::Field("resources"), Step::Field("limits"), Step::Field("cpu")]));
     }
 
     #[test]

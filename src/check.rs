@@ -42,6 +42,11 @@ pub trait Reuse: Sync {
     /// The earlier verdict for this object, when the object is still at the version that
     /// verdict was made from.
     fn unchanged(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<ResourceReport>;
+
+    /// What the watches last saw of the object: None when they do not know, `Some(None)` when
+    /// it is gone (or not Helm's), else its [`change_token`]. A listed copy of another version
+    /// (or of an object seen gone) is not used: the object is read again.
+    fn current(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Option<String>>;
 }
 
 /// A decoded revision as checks need it: the release's metadata and its parsed manifest. The
@@ -312,7 +317,15 @@ async fn check_object(
     if let Some(hit) = settings.reuse.and_then(|r| r.unchanged(&o.api_version, &o.kind, ns.as_deref(), &o.name)) {
         return (hit, 0);
     }
-    let live = match resolver.read_live(&kind, ns.as_deref(), &o.name).await {
+    // A listed copy must be the version the watches have seen: a listing made before the edit
+    // that queued this check would hide the edit.
+    let seen = settings.reuse.and_then(|r| r.current(&o.api_version, &o.kind, ns.as_deref(), &o.name));
+    let is_seen = |live: &Value| match &seen {
+        None => true,
+        Some(None) => false,
+        Some(Some(t)) => live.get("metadata").is_some_and(|m| change_token(&o.api_version, &o.kind, m) == *t),
+    };
+    let live = match resolver.read_live(&kind, ns.as_deref(), &o.name, &is_seen).await {
         Ok(Some(l)) => l,
         Ok(None) => {
             report.state = ObjectState::Missing;

@@ -269,9 +269,10 @@ impl Resolver {
     /// the kind in that namespace once (in pages of [`LIST_PAGE`], from the watch cache with
     /// cached reads) and serves it and the rest from that listing, each object once. An object
     /// the listing does not hold (created since, deleted, or a listing that failed) is read by
-    /// GET, so no answer rests on the listing alone. For reads that must be fresh (a heal), use
-    /// [`Resolver::get_live`].
-    pub async fn read_live(&self, kind: &ResolvedKind, namespace: Option<&str>, name: &str) -> Result<Option<Value>, ResolveError> {
+    /// GET, so no answer rests on the listing alone; so is a listed copy `current` refuses (the
+    /// controller's watches have seen another version of it). For reads that must be fresh (a
+    /// heal), use [`Resolver::get_live`].
+    pub async fn read_live(&self, kind: &ResolvedKind, namespace: Option<&str>, name: &str, current: &(dyn Fn(&Value) -> bool + Sync)) -> Result<Option<Value>, ResolveError> {
         let namespace = namespace.filter(|_| kind.namespaced);
         let listing = {
             let now = Instant::now();
@@ -290,7 +291,10 @@ impl Resolver {
                 // A list's items carry no apiVersion and kind; a GET's do.
                 object.insert("apiVersion".into(), Value::String(kind.resource.api_version.clone()));
                 object.insert("kind".into(), Value::String(kind.resource.kind.clone()));
-                return Ok(Some(Value::Object(object)));
+                let object = Value::Object(object);
+                if current(&object) {
+                    return Ok(Some(object));
+                }
             }
         }
         self.get_live(kind, namespace, name).await

@@ -188,8 +188,14 @@ impl Index {
 
     /// An object's change token, once its kind's watch has listed.
     pub fn token(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<String> {
+        self.seen(api_version, kind, namespace, name).flatten()
+    }
+
+    /// What the kind's watch has seen of the object: None when it has not listed that
+    /// namespace; `Some(None)` when it has and holds no such Helm-made object; else its token.
+    pub fn seen(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Option<String>> {
         let k = self.live.get(&(api_version.to_string(), kind.to_string())).filter(|i| i.listed(namespace))?;
-        k.objects.get(&(namespace.to_string(), name.to_string())).map(|(t, _)| t.clone())
+        Some(k.objects.get(&(namespace.to_string(), name.to_string())).map(|(t, _)| t.clone()))
     }
 
     /// A kind's watch over `scope` (None: the whole cluster; a namespace) (re-)listed the

@@ -36,6 +36,10 @@ impl crate::check::Reuse for Prior<'_> {
         let current = self.ctl.index().token(api_version, kind, ns, name)?;
         (earlier.change_token.as_deref() == Some(current.as_str())).then(|| earlier.clone())
     }
+
+    fn current(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Option<String>> {
+        self.ctl.index().seen(api_version, kind, namespace.unwrap_or(""), name)
+    }
 }
 
 impl Controller {

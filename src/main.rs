@@ -219,9 +219,21 @@ enum DiagnoseOutput {
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
+/// The heap profiler, written out when `run` is asked to stop (its "at end" is then the
+/// steady state, before the controller's memory is freed) or when the process ends.
+#[cfg(feature = "dhat-heap")]
+static PROFILER: std::sync::Mutex<Option<dhat::Profiler>> = std::sync::Mutex::new(None);
+
 fn main() -> ExitCode {
     #[cfg(feature = "dhat-heap")]
-    let _profiler = dhat::Profiler::new_heap();
+    PROFILER.lock().unwrap().replace(dhat::Profiler::builder().trim_backtraces(None).build());
+    let code = main_inner();
+    #[cfg(feature = "dhat-heap")]
+    drop(PROFILER.lock().unwrap().take());
+    code
+}
+
+fn main_inner() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -339,6 +351,8 @@ async fn run(o: RunOpts) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        #[cfg(feature = "dhat-heap")]
+        drop(PROFILER.lock().unwrap().take());
     };
     tokio::select! {
         r = driftwatch::controller::run(client, settings, metrics, ready, shutdown) => r?,

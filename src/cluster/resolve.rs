@@ -202,15 +202,17 @@ impl Resolver {
             .get_or_try_init(|| async {
                 let path = if api_version.contains('/') { format!("apis/{api_version}") } else { format!("api/{api_version}") };
                 let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-                Ok::<_, ResolveError>(self.fetch_openapi(&path).await?.and_then(|doc| OpenApiSchema::for_kind(&doc, group, version, kind)).map(Arc::new))
+                let Some(document) = self.fetch_openapi(&path).await? else { return Ok(None) };
+                let schema = OpenApiSchema::for_kind_in_document(&document, group, version, kind).map_err(|e| ResolveError::Api(format!("the OpenAPI document of {api_version}: {e}")))?;
+                Ok::<_, ResolveError>(schema.map(Arc::new))
             })
             .await?;
         Ok(schema.clone())
     }
 
-    /// A group-version's OpenAPI v3 document; `Ok(None)` when the server lists none for it.
-    /// Failed reads are errors and are not remembered.
-    async fn fetch_openapi(&self, path: &str) -> Result<Option<Value>, ResolveError> {
+    /// A group-version's OpenAPI v3 document, as text; `Ok(None)` when the server lists none
+    /// for it. Failed reads are errors and are not remembered.
+    async fn fetch_openapi(&self, path: &str) -> Result<Option<String>, ResolveError> {
         let url = {
             let mut index = self.openapi_index.lock().await;
             if index.is_none() {
@@ -228,7 +230,12 @@ impl Resolver {
             }
         };
         self.count();
-        self.get_json(&url).await
+        let req = http::Request::get(&url).body(Vec::new()).map_err(|e| ResolveError::Refused(e.to_string()))?;
+        match self.client.request_text(req).await {
+            Ok(text) => Ok(Some(text)),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(e) => Err(api_error(e)),
+        }
     }
 
     /// A JSON document of the API server: `Ok(None)` when it does not exist (404).

@@ -70,36 +70,61 @@ pub struct OpenApiSchema {
 impl OpenApiSchema {
     /// The schema of `group/version, kind` in a group-version's OpenAPI v3 document.
     pub fn for_kind(document: &Value, group: &str, version: &str, kind: &str) -> Option<Self> {
-        Self::for_kind_in(document.pointer("/components/schemas")?.as_object()?, group, version, kind)
+        Self::for_kind_in_document(&document.to_string(), group, version, kind).ok().flatten()
     }
 
-    /// The same from a document's `components.schemas`. Keeps only what the kind reaches
-    /// (its definition and those its `$ref`s lead to), without descriptions: a document is
-    /// several megabytes (core v1's most), a kind's fragments a few kilobytes (issue 18).
-    pub fn for_kind_in(components: &Map<String, Value>, group: &str, version: &str, kind: &str) -> Option<Self> {
-        let root = components.values().find(|def| {
-            def.get("x-kubernetes-group-version-kind")
-                .and_then(Value::as_array)
-                .is_some_and(|gvks| {
-                    gvks.iter().any(|g| {
-                        g["group"].as_str().unwrap_or("") == group
-                            && g["version"].as_str() == Some(version)
-                            && g["kind"].as_str() == Some(kind)
-                    })
-                })
-        })?;
+    /// The same from the document's text as the API server sends it. Keeps only what the kind
+    /// reaches (its definition and those its `$ref`s lead to), without descriptions: a
+    /// document is megabytes (core v1's 1.4 MB of text, ten times that parsed), a kind's
+    /// fragments kilobytes. The definitions stay text until one is reached (issue 18: parsed
+    /// whole, the documents were most of the controller's peak heap).
+    pub fn for_kind_in_document(document: &str, group: &str, version: &str, kind: &str) -> Result<Option<Self>, serde_json::Error> {
+        use serde_json::value::RawValue;
+        use std::borrow::Cow;
+        #[derive(serde::Deserialize)]
+        struct Doc<'a> {
+            #[serde(borrow, default)]
+            components: Components<'a>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct Components<'a> {
+            #[serde(borrow, default)]
+            schemas: std::collections::HashMap<Cow<'a, str>, &'a RawValue>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Kinds {
+            #[serde(rename = "x-kubernetes-group-version-kind", default)]
+            kinds: Vec<Gvk>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Gvk {
+            #[serde(default)]
+            group: String,
+            #[serde(default)]
+            version: String,
+            #[serde(default)]
+            kind: String,
+        }
+        let doc: Doc = serde_json::from_str(document)?;
+        let definitions = doc.components.schemas;
+        let root = definitions.values().find(|raw| {
+            serde_json::from_str::<Kinds>(raw.get()).is_ok_and(|k| k.kinds.iter().any(|g| g.group == group && g.version == version && g.kind == kind))
+        });
+        let Some(root) = root else { return Ok(None) };
+        let root: Value = serde_json::from_str(root.get())?;
         let mut kept = Map::new();
         let mut todo = Vec::new();
-        refs_in(root, &mut todo);
+        refs_in(&root, &mut todo);
         while let Some(name) = todo.pop() {
             if kept.contains_key(&name) {
                 continue;
             }
-            let Some(def) = components.get(&name) else { continue };
-            refs_in(def, &mut todo);
-            kept.insert(name, slim(def));
+            let Some(raw) = definitions.get(name.as_str()) else { continue };
+            let definition: Value = serde_json::from_str(raw.get())?;
+            refs_in(&definition, &mut todo);
+            kept.insert(name, slim(&definition));
         }
-        Some(OpenApiSchema { components: Arc::new(kept), root: slim(root) })
+        Ok(Some(OpenApiSchema { components: Arc::new(kept), root: slim(&root) }))
     }
 
     /// The definitions this schema keeps (for tests and the heap profile).

@@ -64,6 +64,10 @@ struct Args {
     /// Skip phases (comma list of: cold,idle,latency,diff,dryrun,check) — for trying things out.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
+    /// Background churn during the latency phase: this many ConfigMap patches per second to
+    /// releases the timed edits do not touch (each a real change the controller must check).
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -405,6 +409,28 @@ async fn main() -> anyhow::Result<()> {
                 plan.iter().filter(|p| g.by_key.get(&(p.namespace.clone(), p.name.clone())).is_some_and(|(ready, drifted)| *ready && !drifted)).collect()
             };
             let step = (in_sync.len() / args.edits.max(1)).max(1);
+            // Churn: patches at a steady rate to the releases between the timed ones.
+            let churn = (args.churn > 0.0).then(|| {
+                let targets: Vec<Planned> = in_sync.iter().enumerate().filter(|(i, _)| i % step != 0).map(|(_, p)| (*p).clone()).collect();
+                let client = client.clone();
+                let every = Duration::from_secs_f64(1.0 / args.churn);
+                let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let count = sent.clone();
+                let task = tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    for (k, p) in targets.iter().cycle().enumerate() {
+                        tick.tick().await;
+                        let (obj, key) = if p.chart == "fullstack" { (format!("{}-fullstack", p.name), "greeting") } else { (format!("{}-app-0", p.name), "index") };
+                        let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &p.namespace);
+                        let body = json!({"data": {key: format!("churn-{k}")}});
+                        if api.patch(&obj, &PatchParams::default(), &Patch::Merge(&body)).await.is_ok() {
+                            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+                (task, sent)
+            });
+            let churn_started = Instant::now();
             let (mut from_start, mut from_exit, mut kinds, mut timeouts) = (Vec::new(), Vec::new(), BTreeMap::<String, Vec<f64>>::new(), 0);
             for (k, p) in in_sync.iter().step_by(step).take(args.edits).enumerate() {
                 let (what, kargs, editor) = edit_for(p, k);
@@ -431,6 +457,16 @@ async fn main() -> anyhow::Result<()> {
                 from_start.push((now - s0).as_secs_f64() * 1000.0);
                 from_exit.push((now - s1).as_secs_f64() * 1000.0);
                 kinds.entry(what).or_default().push((now - s1).as_secs_f64() * 1000.0);
+            }
+            let churned = churn.map(|(task, sent)| {
+                task.abort();
+                let n = sent.load(std::sync::atomic::Ordering::Relaxed);
+                (n, n as f64 / churn_started.elapsed().as_secs_f64())
+            });
+            if let Some((n, rate)) = churned {
+                log(&format!("churn: {n} ConfigMap patches during the edits ({rate:.1}/s)"));
+                rows.push(("background churn during the edits".into(), format!("{n} ConfigMap patches, {rate:.1}/s"), "".into()));
+                j["churn"] = json!({"patches": n, "perSecond": rate});
             }
             from_start.sort_by(f64::total_cmp);
             from_exit.sort_by(f64::total_cmp);

@@ -62,7 +62,7 @@ pub const OBJECTS_AT_ONCE: usize = 8;
 pub const RELEASES_AT_ONCE: usize = 8;
 
 /// Decoded revisions kept at most (memory: a manifest as objects is ~10× its gzipped size).
-pub const CACHED_RELEASES: usize = 128;
+pub const CACHED_RELEASES: usize = 32;
 
 /// What identifies a version of a live object as far as drift goes, from its metadata. For
 /// kinds whose API server bumps `metadata.generation` on every spec change (workloads, HPAs,

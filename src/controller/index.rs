@@ -546,7 +546,7 @@ mod tests {
     #[test]
     fn forgetting_a_release_says_whether_a_report_was_written() {
         let mut index = Index::default();
-        let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written { comparable: serde_json::json!({}), full: serde_json::json!({}) }, written_at: Instant::now() };
+        let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written { comparable: [0; 32], full: serde_json::json!({}) }, written_at: Instant::now() };
         index.wrote(key("a", "web"), memo.clone(), false);
         let mut other = memo.clone();
         other.drifted = false;
@@ -559,7 +559,7 @@ mod tests {
     #[test]
     fn a_new_term_reads_the_reports_again() {
         let mut index = Index::default();
-        let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written { comparable: serde_json::json!({}), full: serde_json::json!({}) }, written_at: Instant::now() };
+        let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written { comparable: [0; 32], full: serde_json::json!({}) }, written_at: Instant::now() };
         index.wrote(key("a", "web"), memo.clone(), false);
         index.seeded = true;
         index.new_term();

@@ -19,18 +19,26 @@ pub const MAX_FIELDS: usize = 20;
 /// time), so "nothing changed" means no write.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Written {
-    pub comparable: Value,
+    /// A digest of the status without its check time: equal digests, nothing to write (a
+    /// digest, not a second copy of the status: memory, issue 18).
+    pub comparable: [u8; 32],
     pub full: Value,
+}
+
+/// The SHA-256 of a status without `lastCheckTime`.
+pub fn comparable(full: &Value) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let mut without = full.clone();
+    if let Value::Object(m) = &mut without {
+        m.remove("lastCheckTime");
+    }
+    Sha256::digest(serde_json::to_vec(&without).expect("a Value serialises")).into()
 }
 
 impl Written {
     pub fn from_status(st: &DriftReportStatus) -> Self {
         let full = serde_json::to_value(st).expect("status serialises");
-        let mut comparable = full.clone();
-        if let Value::Object(m) = &mut comparable {
-            m.remove("lastCheckTime");
-        }
-        Written { comparable, full }
+        Written { comparable: comparable(&full), full }
     }
 
     /// The reason of the `Ready` condition when it is `False` (why the last check could not run).

@@ -19,8 +19,11 @@ pub enum Change<K> {
 }
 
 /// Watches `api` until the stream ends (it does not: the watcher retries with backoff),
-/// handing each change to `on`. `what` names the watch in logs.
-pub async fn drive<K>(what: &str, api: Api<K>, config: watcher::Config, mut on: impl FnMut(Change<K>))
+/// handing each change to `on`. Each object is first reduced by `keep` to what the handler
+/// needs, as it arrives: a listing is held until it is complete, and whole objects (metadata
+/// with managed fields) of every object of a kind in the cluster were most of the controller's
+/// peak heap (issue 18). `what` names the watch in logs.
+pub async fn drive<K, C>(what: &str, api: Api<K>, config: watcher::Config, keep: impl Fn(K) -> C, mut on: impl FnMut(Change<C>))
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
@@ -29,13 +32,13 @@ where
     while let Some(ev) = stream.next().await {
         match ev {
             Ok(watcher::Event::Init) => building.clear(),
-            Ok(watcher::Event::InitApply(o)) => building.push(o),
+            Ok(watcher::Event::InitApply(o)) => building.push(keep(o)),
             Ok(watcher::Event::InitDone) => {
                 on(Change::Listed { objects: std::mem::take(&mut building), first });
                 first = false;
             }
-            Ok(watcher::Event::Apply(o)) => on(Change::Applied(o)),
-            Ok(watcher::Event::Delete(o)) => on(Change::Deleted(o)),
+            Ok(watcher::Event::Apply(o)) => on(Change::Applied(keep(o))),
+            Ok(watcher::Event::Delete(o)) => on(Change::Deleted(keep(o))),
             Err(e) => tracing::debug!(watch = what, error = %e, "watch interrupted; retrying"),
         }
     }

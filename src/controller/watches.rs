@@ -42,7 +42,7 @@ impl Controller {
         };
         let tenancy = self.settings.tenancy.clone();
         let compile = |p: DriftPolicy| Arc::new(CompiledPolicy::compile(&tenancy, p));
-        drive("DriftPolicy", api, watcher::Config::default(), |change| match change {
+        drive("DriftPolicy", api, watcher::Config::default(), |p| p, |change| match change {
             Change::Listed { objects, first } => {
                 let mut policies = self.policies.write().expect("policies");
                 policies.retain(|p| scope.as_ref().is_some_and(|s| p.policy.metadata.namespace.as_ref() != Some(s)));
@@ -93,11 +93,16 @@ impl Controller {
             None => Api::all(self.client.clone()),
         };
         let secret_type = (driver == Driver::Secret).then_some(crate::helm::records::SECRET_TYPE);
-        let meta = |o: &PartialObjectMeta<K>| RecordMeta::from_metadata(driver, &o.metadata, secret_type).ok();
-        drive("release records", api, config, |change| match change {
+        // A record as its metadata says, and (for one that does not parse) the release its
+        // labels name.
+        let keep = |o: PartialObjectMeta<K>| {
+            let named = o.metadata.namespace.clone().zip(o.metadata.labels.as_ref().and_then(|l| l.get("name")).cloned());
+            (RecordMeta::from_metadata(driver, &o.metadata, secret_type).ok(), named)
+        };
+        drive("release records", api, config, keep, |change| match change {
             Change::Listed { objects, first } => {
                 let mut index = self.index();
-                let changed = index.records.reset(driver, ns.as_deref(), objects.iter().filter_map(meta).collect());
+                let changed = index.records.reset(driver, ns.as_deref(), objects.into_iter().filter_map(|(r, _)| r).collect());
                 if first {
                     index.records.listed += 1;
                 } else {
@@ -105,17 +110,17 @@ impl Controller {
                     self.enqueue_releases(changed);
                 }
             }
-            Change::Applied(o) => {
-                if let Some(r) = meta(&o) {
+            Change::Applied((record, _)) => {
+                if let Some(r) = record {
                     let key = self.index().records.apply(r);
                     self.enqueue_releases([key]);
                 }
             }
-            Change::Deleted(o) => {
-                if let Some(r) = meta(&o) {
+            Change::Deleted((record, named)) => {
+                if let Some(r) = record {
                     let key = self.index().records.delete(&r);
                     self.enqueue_releases([key]);
-                } else if let (Some(ns), Some(name)) = (o.metadata.namespace.clone(), o.metadata.labels.as_ref().and_then(|l| l.get("name")).cloned()) {
+                } else if let Some((ns, name)) = named {
                     self.enqueue(Work::Release(ns, name));
                 }
             }
@@ -149,20 +154,22 @@ impl Controller {
 
     async fn watch_kind_in(self: Arc<Self>, kind: KindKey, scope: Option<String>, api: Api<PartialObjectMeta<DynamicObject>>) {
         let id = |m: &ObjectMeta| Some((m.namespace.clone().unwrap_or_default(), m.name.clone()?));
+        // Of each object only its id and, for one Helm made, its token and release.
+        let keep = |o: PartialObjectMeta<DynamicObject>| (id(&o.metadata), helm_object(&kind, &o.metadata));
         // Objects of this kind counted into the gauge; a re-list replaces the count.
         let mut counted = 0f64;
-        drive(&kind.1.clone(), api, watcher::Config::default(), |change| match change {
+        drive(&kind.1.clone(), api, watcher::Config::default(), keep, |change| match change {
             Change::Listed { objects, .. } => {
                 let n = objects.len() as f64;
                 self.metrics.watched_objects.add(n - counted);
                 counted = n;
-                let listing = objects.iter().filter_map(|o| helm_object(&kind, &o.metadata)).collect();
+                let listing = objects.into_iter().filter_map(|(_, helm)| helm).collect();
                 let stale = self.index().live_listed(&kind, scope.as_deref(), listing);
                 self.enqueue_releases(stale);
             }
-            Change::Applied(o) => {
-                let Some(id) = id(&o.metadata) else { return };
-                let helm = helm_object(&kind, &o.metadata).map(|(_, token, release)| (token, release));
+            Change::Applied((id, helm)) => {
+                let Some(id) = id else { return };
+                let helm = helm.map(|(_, token, release)| (token, release));
                 let token = helm.as_ref().map(|(t, _)| t.clone());
                 let changed = self.index().live_applied(&kind, id.clone(), helm);
                 if let Some((release, before)) = changed {
@@ -170,9 +177,9 @@ impl Controller {
                     self.enqueue_releases([release]);
                 }
             }
-            Change::Deleted(o) => {
-                let Some(id) = id(&o.metadata) else { return };
-                let release = helm_object(&kind, &o.metadata).map(|(_, _, r)| r);
+            Change::Deleted((id, helm)) => {
+                let Some(id) = id else { return };
+                let release = helm.map(|(_, _, r)| r);
                 let release = self.index().live_deleted(&kind, &id, release);
                 self.enqueue_releases(release);
             }

@@ -1,8 +1,8 @@
 //! Resolving manifest objects against the API server: kind → resource and scope (discovery,
-//! cached per group-version), the kind's schema (OpenAPI v3, cached per group-version), live
-//! reads (by LIST per kind and namespace when a scan asks for several objects of one, see
-//! [`Resolver::read_live`]), and the server-side dry-run that confirms a local verdict. Counts
-//! its requests.
+//! cached per group-version), the kind's schema (OpenAPI v3; the fragments of each kind in use
+//! are kept), live reads (by LIST per kind and namespace when a scan asks for several objects of
+//! one, see [`Resolver::read_live`]), and the server-side dry-run that confirms a local verdict.
+//! Counts its requests.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -311,10 +311,11 @@ impl Resolver {
     /// None when a page could not be read (the caller reads object by object instead).
     async fn list_all(&self, kind: &ResolvedKind, namespace: Option<&str>) -> Option<std::sync::Mutex<HashMap<String, Box<str>>>> {
         let api = self.api(kind, namespace);
-        let mut params = ListParams::default().limit(LIST_PAGE);
-        if self.cached_reads {
-            params = params.match_any();
-        }
+        // Helm's own release records are Secrets too, each with a whole chart in it: never
+        // in a manifest, left out of the listing.
+        let skip_records = (kind.resource.group.is_empty() && kind.resource.kind == "Secret").then(|| format!("type!={}", crate::helm::records::SECRET_TYPE));
+        let first = ListParams { field_selector: skip_records.clone(), ..ListParams::default().limit(LIST_PAGE) };
+        let mut params = if self.cached_reads { first.match_any() } else { first };
         let mut objects = HashMap::new();
         loop {
             self.count();
@@ -334,7 +335,7 @@ impl Resolver {
             }
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 // A continued list names no resourceVersion (the token carries it).
-                Some(token) => params = ListParams { continue_token: Some(token), ..ListParams::default().limit(LIST_PAGE) },
+                Some(token) => params = ListParams { continue_token: Some(token), field_selector: skip_records.clone(), ..ListParams::default().limit(LIST_PAGE) },
                 None => break,
             }
         }

@@ -88,7 +88,7 @@ pub async fn copy_release(client: &Client, resolver: &Resolver, sample: &Sample,
     }
     let deployed = sample.records.iter().rev().find(|r| r.labels.get("status").map(String::as_str) == Some("deployed")).unwrap_or(newest);
     let json = sample.json_for(deployed, namespace, name);
-    let release = driftwatch::helm::release::decode_release(&driftwatch::helm::release::encode_release_json(json.as_bytes()))?;
+    let release: driftwatch::helm::Release = serde_json::from_str(&json).context("the sample's release JSON")?;
     let mut written = Written::default();
     for o in split_manifest(&release.manifest).objects {
         let kind = resolver.resolve(&o.api_version, &o.kind).await.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -217,7 +217,8 @@ impl Resolver {
             let mut index = self.openapi_index.lock().await;
             if index.is_none() {
                 self.count();
-                *index = Some(self.get_json("/openapi/v3").await?);
+                let text = self.get_text("/openapi/v3").await?;
+                *index = Some(text.map(|t| serde_json::from_str(&t).map_err(|e| ResolveError::Api(format!("the OpenAPI index: {e}")))).transpose()?);
             }
             let found = index
                 .as_ref()
@@ -230,19 +231,14 @@ impl Resolver {
             }
         };
         self.count();
-        let req = http::Request::get(&url).body(Vec::new()).map_err(|e| ResolveError::Refused(e.to_string()))?;
-        match self.client.request_text(req).await {
-            Ok(text) => Ok(Some(text)),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-            Err(e) => Err(api_error(e)),
-        }
+        self.get_text(&url).await
     }
 
-    /// A JSON document of the API server: `Ok(None)` when it does not exist (404).
-    async fn get_json(&self, url: &str) -> Result<Option<Value>, ResolveError> {
+    /// A document of the API server, as text: `Ok(None)` when it does not exist (404).
+    async fn get_text(&self, url: &str) -> Result<Option<String>, ResolveError> {
         let req = http::Request::get(url).body(Vec::new()).map_err(|e| ResolveError::Refused(e.to_string()))?;
-        match self.client.request::<Value>(req).await {
-            Ok(v) => Ok(Some(v)),
+        match self.client.request_text(req).await {
+            Ok(text) => Ok(Some(text)),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(e) => Err(api_error(e)),
         }

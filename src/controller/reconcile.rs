@@ -2,7 +2,7 @@
 //! the check's live reads), ask the pure parts ([`super::policy`], [`super::decide`],
 //! `heal`), and hand what they return to the writer. Nothing here decides on its own.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,7 +94,10 @@ impl Controller {
     /// a leadership change, first reads what every report says (one LIST instead of a GET per
     /// release).
     async fn reconcile_all(self: &Arc<Self>) {
-        let releases: HashSet<ReleaseKey> = group_releases(self.all_records().await).into_iter().map(|h| (h.namespace, h.name)).collect();
+        // Ordered: a full pass goes namespace by namespace, so the objects a scan lists
+        // (Resolver::read_live) are taken while their listing is fresh, and only one namespace's
+        // are held at a time.
+        let releases: BTreeSet<ReleaseKey> = group_releases(self.all_records().await).into_iter().map(|h| (h.namespace, h.name)).collect();
         let seed = !self.index().seeded;
         let mut listed_all = true;
         for ns in self.namespaces() {
@@ -139,10 +142,6 @@ impl Controller {
         // Releases whose objects are stamped and that have no record: lost (LostRecords).
         let lost: Vec<ReleaseKey> = self.index().stamped_releases().into_iter().filter(|k| !releases.contains(k) && self.covers(&k.0)).collect();
         self.enqueue_releases(lost);
-        // Namespace by namespace: the objects a scan lists (Resolver::read_live) are taken
-        // while their listing is fresh, and only one namespace's are held at a time.
-        let mut releases: Vec<ReleaseKey> = releases.into_iter().collect();
-        releases.sort();
         self.enqueue_releases(releases);
         self.enqueue(Work::PolicyStatus);
     }

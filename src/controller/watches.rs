@@ -95,9 +95,9 @@ impl Controller {
         let secret_type = (driver == Driver::Secret).then_some(crate::helm::records::SECRET_TYPE);
         // A record as its metadata says, and (for one that does not parse) the release its
         // labels name.
-        let keep = |o: PartialObjectMeta<K>| {
-            let named = o.metadata.namespace.clone().zip(o.metadata.labels.as_ref().and_then(|l| l.get("name")).cloned());
-            (RecordMeta::from_metadata(driver, &o.metadata, secret_type).ok(), named)
+        let keep = |o: PartialObjectMeta<K>| match RecordMeta::from_metadata(driver, &o.metadata, secret_type) {
+            Ok(r) => (Some(r), None),
+            Err(_) => (None, o.metadata.namespace.clone().zip(o.metadata.labels.as_ref().and_then(|l| l.get("name")).cloned())),
         };
         drive("release records", api, config, keep, |change| match change {
             Change::Listed { objects, first } => {

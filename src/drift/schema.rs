@@ -68,7 +68,9 @@ pub struct OpenApiSchema {
 }
 
 impl OpenApiSchema {
-    /// The schema of `group/version, kind` in a group-version's OpenAPI v3 document.
+    /// The schema of `group/version, kind` in a group-version's OpenAPI v3 document (for
+    /// tests: the API server's documents are read as text, [`Self::for_kind_in_document`]).
+    #[cfg(test)]
     pub fn for_kind(document: &Value, group: &str, version: &str, kind: &str) -> Option<Self> {
         Self::for_kind_in_document(&document.to_string(), group, version, kind).ok().flatten()
     }

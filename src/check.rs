@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::cluster::{ReleaseStore, ResolveError, Resolver};
 use crate::drift::{self, ChangeKind, DiffOptions, DigestKey, FieldDrift, IgnoreRules, ObjectIdentity, ObjectState, Schema};
-use crate::report::{CheckErrorKind, ReleaseReport, ResourceReport, summarize};
+use crate::report::{ChangeToken, CheckErrorKind, ReleaseReport, ResourceReport, summarize};
 use crate::helm::{DesiredObject, ReleaseHistory, split_manifest};
 
 /// How a check runs.
@@ -46,7 +46,7 @@ pub trait Reuse: Sync {
     /// What the watches last saw of the object: None when they do not know, `Some(None)` when
     /// it is gone (or not Helm's), else its [`change_token`]. A listed copy of another version
     /// (or of an object seen gone) is not used: the object is read again.
-    fn current(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Option<String>>;
+    fn current(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Option<ChangeToken>>;
 }
 
 /// A decoded revision as checks need it: the release's metadata and its parsed manifest. The
@@ -69,7 +69,8 @@ pub const CACHED_RELEASES: usize = 32;
 /// PDBs, Ingresses) it is the generation plus a hash of the metadata a manifest can set, so
 /// a status update (the controllers' daily chatter) is not a change; for every other kind it
 /// is the resourceVersion.
-pub fn change_token(api_version: &str, kind: &str, metadata: &Value) -> String {
+pub fn change_token(api_version: &str, kind: &str, metadata: &Value) -> ChangeToken {
+    use std::hash::{Hash as _, Hasher as _};
     let group = api_version.split_once('/').map_or("", |(g, _)| g);
     let spec_generation = matches!(
         (group, kind),
@@ -79,18 +80,23 @@ pub fn change_token(api_version: &str, kind: &str, metadata: &Value) -> String {
             | ("policy", "PodDisruptionBudget")
             | ("networking.k8s.io", "Ingress")
     );
+    // A fixed-key hasher: the same metadata gives the same token for the life of the process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
     match metadata.get("generation").and_then(Value::as_i64) {
         Some(generation) if spec_generation => {
-            use std::hash::{Hash as _, Hasher as _};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
+            "generation".hash(&mut h);
+            generation.hash(&mut h);
             for field in ["labels", "annotations", "finalizers", "ownerReferences", "deletionTimestamp"] {
                 field.hash(&mut h);
                 metadata.get(field).map(Value::to_string).unwrap_or_default().hash(&mut h);
             }
-            format!("g{generation}:{:016x}", h.finish())
         }
-        _ => format!("rv{}", metadata.get("resourceVersion").and_then(Value::as_str).unwrap_or_default()),
+        _ => {
+            "resourceVersion".hash(&mut h);
+            metadata.get("resourceVersion").and_then(Value::as_str).unwrap_or_default().hash(&mut h);
+        }
     }
+    ChangeToken(h.finish())
 }
 
 /// Decoded revisions by (namespace, release, revision): a revision's manifest never changes, so
@@ -488,6 +494,6 @@ mod tests {
         assert_ne!(w, change_token("test.driftwatch.io/v1", "Widget", &meta(1, "8", json!({}))));
         // A workload without a generation falls back to the resourceVersion too.
         let no_gen = json!({"name": "web", "resourceVersion": "5"});
-        assert_eq!(change_token("apps/v1", "Deployment", &no_gen), "rv5");
+        assert_eq!(change_token("apps/v1", "Deployment", &no_gen), change_token("v1", "ConfigMap", &json!({"resourceVersion": "5"})));
     }
 }

@@ -30,12 +30,18 @@ pub struct ResourceReport {
     /// The version of the live object this verdict was made from ([`crate::check::change_token`]; None:
     /// absent or unread).
     #[serde(skip)]
-    pub change_token: Option<String>,
+    pub change_token: Option<ChangeToken>,
     /// The object could not be checked for a reason that may pass (the API server did not
     /// answer): worth checking again soon.
     #[serde(skip)]
     pub transient: bool,
 }
+
+/// A version of a live object as far as drift goes ([`crate::check::change_token`]): a 64-bit
+/// digest, small because the controller keeps one per live object and one per verdict (memory,
+/// issue 18). Never written anywhere: it lives and dies with the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChangeToken(pub u64);
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -72,7 +72,7 @@ pub fn report(f: Facts) -> Decision {
     let write = (changed || stale).then(|| Write::Report {
         namespace: f.key.0.clone(),
         name: f.key.1.clone(),
-        status: built.written.full.clone(),
+        status: built.written.full(),
         exists: f.previous.is_some(),
         events,
     });
@@ -259,7 +259,7 @@ mod tests {
         broken.error_kind = Some(CheckErrorKind::Decode);
         let first = decide(&broken, None, ReleaseStatus::Deployed);
         assert_eq!(reasons(&first), vec!["RecordCorrupt"]);
-        let ready = first.memo.status.full["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+        let ready = first.memo.status.full()["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
         assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("RecordCorrupt")));
         assert!(decide(&broken, Some(&first.memo), ReleaseStatus::Deployed).write.is_none(), "the same failure again: nothing new");
         broken.error_kind = Some(CheckErrorKind::Read);

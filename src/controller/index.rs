@@ -5,12 +5,14 @@
 //! answers to the queue. Tested with no API server.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use kube::api::ObjectMeta;
 
 use crate::helm::{Driver, RecordMeta, ReleaseStatus};
-use crate::report::{ReleaseReport, ResourceReport};
+use crate::drift::ObjectState;
+use crate::report::{ChangeToken, ReleaseReport, ResourceReport};
 
 /// (namespace, release name).
 pub type ReleaseKey = (String, String);
@@ -92,13 +94,18 @@ impl RecordIndex {
     }
 }
 
-/// The live objects of one watched kind that Helm made: id → (change token, release), and the
-/// scopes whose watch has listed: None (one watch over the whole cluster) or namespaces (one
-/// watch per watched namespace). An object vouches for nothing until its scope has listed.
+/// The live objects of one watched kind that Helm made: id (`namespace/name`, the namespace
+/// empty for a cluster-scoped object) → (change token, release), and the scopes whose watch has
+/// listed: None (one watch over the whole cluster) or namespaces (one watch per watched
+/// namespace). An object vouches for nothing until its scope has listed.
+///
+/// Kept for every object Helm made, so kept small (memory, issue 18): the id is one shared
+/// string (the release's stamps and verdicts point at the same one), the token a 64-bit digest,
+/// the release a pointer to one copy of its key.
 #[derive(Default)]
 struct KindIndex {
     listed: HashSet<Option<String>>,
-    objects: HashMap<ObjectId, (String, ReleaseKey)>,
+    objects: HashMap<Arc<str>, (ChangeToken, Arc<ReleaseKey>)>,
 }
 
 impl KindIndex {
@@ -107,10 +114,21 @@ impl KindIndex {
     }
 }
 
+/// An object's id as the index keeps it: `namespace/name` (no name or namespace holds a `/`).
+fn joined(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The (namespace, name) of a joined id.
+fn split(id: &str) -> ObjectId {
+    let (ns, name) = id.split_once('/').unwrap_or(("", id));
+    (ns.to_string(), name.to_string())
+}
+
 /// An object Helm made, as its metadata watch sees it: its id, change token
 /// ([`crate::check::change_token`]) and release (from Helm's annotations). None for an object
 /// Helm's annotations do not name, and for a hook (`helm.sh/hook`): never in a manifest.
-pub fn helm_object(kind: &KindKey, meta: &ObjectMeta) -> Option<(ObjectId, String, ReleaseKey)> {
+pub fn helm_object(kind: &KindKey, meta: &ObjectMeta) -> Option<(ObjectId, ChangeToken, ReleaseKey)> {
     let ann = meta.annotations.as_ref()?;
     if ann.contains_key("helm.sh/hook") {
         return None;
@@ -141,6 +159,23 @@ impl Verdicts {
     }
 }
 
+/// One object's verdict as the index keeps it: an object in sync with nothing more to say (most
+/// of them) as its kind, shared id and token; any other whole.
+enum Kept {
+    InSync { kind: u16, id: Arc<str>, namespaced: bool, token: ChangeToken },
+    Whole(Box<ResourceReport>),
+}
+
+/// A release's [`Verdicts`] as the index keeps them: the report without its resources, and the
+/// resources as [`Kept`].
+struct KeptVerdicts {
+    revision: u32,
+    policy: String,
+    latest: (u32, ReleaseStatus),
+    report: ReleaseReport,
+    resources: Vec<Kept>,
+}
+
 /// What was last written for a release (or found written at start-up).
 #[derive(Clone, Debug)]
 pub struct Memo {
@@ -169,68 +204,103 @@ impl Memo {
 pub struct Index {
     pub records: RecordIndex,
     live: HashMap<KindKey, KindIndex>,
-    verdicts: HashMap<ReleaseKey, Verdicts>,
+    /// The kinds the index has met, numbered (verdicts and stamps name a kind by its number).
+    kinds: Vec<KindKey>,
+    /// One copy of each release key that live objects, stamps and verdicts point at.
+    releases: HashSet<Arc<ReleaseKey>>,
+    verdicts: HashMap<ReleaseKey, KeptVerdicts>,
     written: HashMap<ReleaseKey, Memo>,
     /// The live objects each release's stamps name (the reverse of `live`): for
     /// `OrphanedResources` and `LostRecords`, with no scan.
-    stamped: HashMap<ReleaseKey, HashSet<(KindKey, ObjectId)>>,
+    stamped: HashMap<Arc<ReleaseKey>, HashSet<(u16, Arc<str>)>>,
     /// Whether `written` was seeded from the existing reports (one LIST) since the last start
     /// or leadership change: if so, a release with no memo has no report.
     pub seeded: bool,
 }
 
-fn same_object(r: &ResourceReport, kind: &KindKey, id: &ObjectId) -> bool {
-    r.api_version == kind.0 && r.kind == kind.1 && r.namespace.as_deref().unwrap_or("") == id.0 && r.name == id.1
-}
-
 impl Index {
+    // --- shared names -------------------------------------------------------------------
+
+    fn kind_no(&mut self, kind: &KindKey) -> u16 {
+        match self.kinds.iter().position(|k| k == kind) {
+            Some(n) => n as u16,
+            None => {
+                self.kinds.push(kind.clone());
+                (self.kinds.len() - 1) as u16
+            }
+        }
+    }
+
+    fn known_kind(&self, kind: &KindKey) -> Option<u16> {
+        self.kinds.iter().position(|k| k == kind).map(|n| n as u16)
+    }
+
+    /// The one copy of a release key.
+    fn release(&mut self, key: ReleaseKey) -> Arc<ReleaseKey> {
+        if let Some(r) = self.releases.get(&key) {
+            return r.clone();
+        }
+        let r = Arc::new(key);
+        self.releases.insert(r.clone());
+        r
+    }
+
+    /// The id string the live index already holds for this object, else a new one.
+    fn shared_id(&self, kind: &KindKey, id: &str) -> Arc<str> {
+        self.live.get(kind).and_then(|k| k.objects.get_key_value(id)).map(|(a, _)| a.clone()).unwrap_or_else(|| Arc::from(id))
+    }
+
     // --- live objects -------------------------------------------------------------------
 
     /// An object's change token, once its kind's watch has listed.
-    pub fn token(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<String> {
+    pub fn token(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<ChangeToken> {
         self.seen(api_version, kind, namespace, name).flatten()
     }
 
     /// What the kind's watch has seen of the object: None when it has not listed that
     /// namespace; `Some(None)` when it has and holds no such Helm-made object; else its token.
-    pub fn seen(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Option<String>> {
+    pub fn seen(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Option<ChangeToken>> {
         let k = self.live.get(&(api_version.to_string(), kind.to_string())).filter(|i| i.listed(namespace))?;
-        Some(k.objects.get(&(namespace.to_string(), name.to_string())).map(|(t, _)| t.clone()))
+        Some(k.objects.get(joined(namespace, name).as_str()).map(|(t, _)| *t))
     }
 
     /// A kind's watch over `scope` (None: the whole cluster; a namespace) (re-)listed the
     /// objects Helm made: the releases whose verdict was made against another version of one
     /// of them, or against one in that scope that is gone, are re-checked (an object that
     /// changed between a check's read and this listing has no event of its own).
-    pub fn live_listed(&mut self, kind: &KindKey, scope: Option<&str>, listing: Vec<(ObjectId, String, ReleaseKey)>) -> HashSet<ReleaseKey> {
+    pub fn live_listed(&mut self, kind: &KindKey, scope: Option<&str>, listing: Vec<(ObjectId, ChangeToken, ReleaseKey)>) -> HashSet<ReleaseKey> {
         let in_scope = |ns: &str| scope.is_none_or(|s| s == ns);
-        let objects: HashMap<ObjectId, (String, ReleaseKey)> = listing.into_iter().filter(|(id, _, _)| in_scope(&id.0)).map(|(id, t, r)| (id, (t, r))).collect();
-        let changed = objects.iter().filter_map(|(id, (token, release))| {
-            let r = self.verdicts.get(release)?.report.resources.iter().find(|r| same_object(r, kind, id))?;
-            (r.change_token.as_deref() != Some(token.as_str())).then(|| release.clone())
-        });
-        let gone = self.verdicts.iter().filter_map(|(release, v)| {
-            v.report
-                .resources
-                .iter()
-                .any(|r| {
-                    let id = (r.namespace.clone().unwrap_or_default(), r.name.clone());
-                    r.api_version == kind.0 && r.kind == kind.1 && r.change_token.is_some() && in_scope(&id.0) && !objects.contains_key(&id)
-                })
-                .then(|| release.clone())
-        });
-        let stale = changed.chain(gone).collect();
+        let listing: Vec<(String, ChangeToken, ReleaseKey)> = listing.into_iter().filter(|(id, _, _)| in_scope(&id.0)).map(|(id, t, r)| (joined(&id.0, &id.1), t, r)).collect();
+        let no = self.kind_no(kind);
+        let mut stale: HashSet<ReleaseKey> = listing
+            .iter()
+            .filter(|(id, token, release)| {
+                let verdict = self.verdicts.get(release).and_then(|v| v.resources.iter().find(|r| r.is(no, &self.kinds, id)));
+                verdict.is_some_and(|r| r.token() != Some(*token))
+            })
+            .map(|(_, _, release)| release.clone())
+            .collect();
+        let listed: HashSet<&str> = listing.iter().map(|(id, _, _)| id.as_str()).collect();
+        for (release, v) in &self.verdicts {
+            let gone = v.resources.iter().any(|r| r.token().is_some() && r.of_kind(no, &self.kinds) && in_scope(r.namespace()) && !listed.contains(r.id().as_ref()));
+            if gone {
+                stale.insert(release.clone());
+            }
+        }
+        drop(listed);
+        // The scope's objects are replaced by the listing's, and their stamps with them.
         let entry = self.live.entry(kind.clone()).or_default();
-        let dropped: Vec<(ObjectId, ReleaseKey)> = entry.objects.iter().filter(|(id, _)| in_scope(&id.0)).map(|(id, (_, r))| (id.clone(), r.clone())).collect();
-        entry.objects.retain(|id, _| !in_scope(&id.0));
-        let added: Vec<(ObjectId, ReleaseKey)> = objects.iter().map(|(id, (_, r))| (id.clone(), r.clone())).collect();
-        entry.objects.extend(objects);
+        let dropped: Vec<(Arc<str>, Arc<ReleaseKey>)> = entry.objects.iter().filter(|(id, _)| in_scope(split(id).0.as_str())).map(|(id, (_, r))| (id.clone(), r.clone())).collect();
+        entry.objects.retain(|id, _| !in_scope(split(id).0.as_str()));
         entry.listed.insert(scope.map(str::to_string));
         for (id, release) in dropped {
-            self.unstamp(kind, id, &release);
+            self.unstamp(no, &id, &release);
         }
-        for (id, release) in added {
-            self.stamped.entry(release).or_default().insert((kind.clone(), id));
+        for (id, token, release) in listing {
+            let release = self.release(release);
+            let id: Arc<str> = Arc::from(id);
+            self.stamped.entry(release.clone()).or_default().insert((no, id.clone()));
+            self.live.get_mut(kind).expect("made above").objects.insert(id, (token, release));
         }
         stale
     }
@@ -239,22 +309,25 @@ impl Index {
     /// when its change token moved (a status update changes nothing a manifest says). Not (or no
     /// longer) stamped by Helm: forgotten, no longer vouched for by the index.
     /// Returns the release with the token the index had before (None: none).
-    pub fn live_applied(&mut self, kind: &KindKey, id: ObjectId, helm: Option<(String, ReleaseKey)>) -> Option<(ReleaseKey, Option<String>)> {
-        let objects = &mut self.live.entry(kind.clone()).or_default().objects;
+    pub fn live_applied(&mut self, kind: &KindKey, id: ObjectId, helm: Option<(ChangeToken, ReleaseKey)>) -> Option<(ReleaseKey, Option<ChangeToken>)> {
+        let no = self.kind_no(kind);
+        let id = joined(&id.0, &id.1);
         match helm {
             Some((token, release)) => {
-                let before = objects.insert(id.clone(), (token.clone(), release.clone()));
+                let release = self.release(release);
+                let shared = self.shared_id(kind, &id);
+                let before = self.live.entry(kind.clone()).or_default().objects.insert(shared.clone(), (token, release.clone()));
                 if let Some((_, was)) = before.as_ref().filter(|(_, was)| *was != release) {
                     let was = was.clone();
-                    self.unstamp(kind, id.clone(), &was);
+                    self.unstamp(no, &shared, &was);
                 }
-                self.stamped.entry(release.clone()).or_default().insert((kind.clone(), id));
+                self.stamped.entry(release.clone()).or_default().insert((no, shared));
                 let before = before.map(|(t, _)| t);
-                (before.as_deref() != Some(token.as_str())).then_some((release, before))
+                (before != Some(token)).then(|| ((*release).clone(), before))
             }
             None => {
-                if let Some((_, was)) = objects.remove(&id) {
-                    self.unstamp(kind, id, &was);
+                if let Some((_, was)) = self.live.get_mut(kind).and_then(|k| k.objects.remove(id.as_str())) {
+                    self.unstamp(no, &id, &was);
                 }
                 None
             }
@@ -264,25 +337,29 @@ impl Index {
     /// An object was deleted: its release (from its annotations, else from the index) is
     /// re-checked.
     pub fn live_deleted(&mut self, kind: &KindKey, id: &ObjectId, release: Option<ReleaseKey>) -> Option<ReleaseKey> {
-        let known = self.live.get_mut(kind).and_then(|k| k.objects.remove(id)).map(|(_, r)| r);
-        if let Some(r) = &known {
-            self.unstamp(kind, id.clone(), r);
+        let id = joined(&id.0, &id.1);
+        let known = self.live.get_mut(kind).and_then(|k| k.objects.remove(id.as_str())).map(|(_, r)| r);
+        if let (Some(r), Some(no)) = (&known, self.known_kind(kind)) {
+            self.unstamp(no, &id, r);
         }
-        release.or(known)
+        release.or(known.map(|r| (*r).clone()))
     }
 
-    fn unstamp(&mut self, kind: &KindKey, id: ObjectId, release: &ReleaseKey) {
-        if let Some(set) = self.stamped.get_mut(release) {
-            set.remove(&(kind.clone(), id));
+    fn unstamp(&mut self, kind: u16, id: &str, release: &Arc<ReleaseKey>) {
+        if let Some(set) = self.stamped.get_mut(&**release) {
+            set.retain(|(k, i)| !(*k == kind && &**i == id));
             if set.is_empty() {
-                self.stamped.remove(release);
+                // Every live object of the release is stamped: with no stamp left, nothing
+                // points at its key.
+                self.stamped.remove(&**release);
+                self.releases.remove(&**release);
             }
         }
     }
 
     /// The live objects (of the watched kinds) whose Helm stamps name a release, sorted.
     pub fn stamped_for(&self, release: &ReleaseKey) -> Vec<(KindKey, ObjectId)> {
-        let mut out: Vec<(KindKey, ObjectId)> = self.stamped.get(release).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let mut out: Vec<(KindKey, ObjectId)> = self.stamped.get(release).map(|s| s.iter().map(|(k, id)| (self.kinds[*k as usize].clone(), split(id))).collect()).unwrap_or_default();
         out.sort();
         out
     }
@@ -290,18 +367,37 @@ impl Index {
     /// Releases named by live objects' stamps (for a start-up pass: those without records are
     /// lost releases).
     pub fn stamped_releases(&self) -> Vec<ReleaseKey> {
-        self.stamped.keys().cloned().collect()
+        self.stamped.keys().map(|r| (**r).clone()).collect()
     }
 
     // --- verdicts -----------------------------------------------------------------------
 
     /// Takes a release's last verdicts (a reconcile puts new ones back when its check ran).
     pub fn take_verdicts(&mut self, key: &ReleaseKey) -> Option<Verdicts> {
-        self.verdicts.remove(key)
+        let kept = self.verdicts.remove(key)?;
+        let mut report = kept.report;
+        report.resources = kept.resources.iter().map(|r| r.report(&self.kinds)).collect();
+        Some(Verdicts { revision: kept.revision, policy: kept.policy, report, latest: kept.latest })
     }
 
     pub fn keep_verdicts(&mut self, key: ReleaseKey, v: Verdicts) {
-        self.verdicts.insert(key, v);
+        let Verdicts { revision, policy, mut report, latest } = v;
+        let resources = std::mem::take(&mut report.resources).into_iter().map(|r| self.kept(r)).collect();
+        self.verdicts.insert(key, KeptVerdicts { revision, policy, latest, report, resources });
+    }
+
+    /// A resource's verdict as the index keeps it.
+    fn kept(&mut self, r: ResourceReport) -> Kept {
+        let plain = r.state == ObjectState::InSync && r.fields.is_empty() && r.message.is_none() && r.operations.is_empty() && r.seen.is_none() && !r.transient;
+        match r.change_token {
+            Some(token) if plain => {
+                let kind = (r.api_version, r.kind);
+                let no = self.kind_no(&kind);
+                let id = self.shared_id(&kind, &joined(r.namespace.as_deref().unwrap_or(""), &r.name));
+                Kept::InSync { kind: no, id, namespaced: r.namespace.is_some(), token }
+            }
+            _ => Kept::Whole(Box::new(r)),
+        }
     }
 
     /// The earlier report, if every object it covers was read (none missing or in error) and
@@ -347,10 +443,68 @@ impl Index {
     }
 }
 
+impl Kept {
+    fn token(&self) -> Option<ChangeToken> {
+        match self {
+            Kept::InSync { token, .. } => Some(*token),
+            Kept::Whole(r) => r.change_token,
+        }
+    }
+
+    /// `namespace/name`.
+    fn id(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Kept::InSync { id, .. } => std::borrow::Cow::Borrowed(id),
+            Kept::Whole(r) => std::borrow::Cow::Owned(joined(r.namespace.as_deref().unwrap_or(""), &r.name)),
+        }
+    }
+
+    fn namespace(&self) -> &str {
+        match self {
+            Kept::InSync { id, .. } => id.split_once('/').map_or("", |(ns, _)| ns),
+            Kept::Whole(r) => r.namespace.as_deref().unwrap_or(""),
+        }
+    }
+
+    fn of_kind(&self, no: u16, kinds: &[KindKey]) -> bool {
+        match self {
+            Kept::InSync { kind, .. } => *kind == no,
+            Kept::Whole(r) => kinds.get(no as usize).is_some_and(|k| r.api_version == k.0 && r.kind == k.1),
+        }
+    }
+
+    fn is(&self, no: u16, kinds: &[KindKey], id: &str) -> bool {
+        self.of_kind(no, kinds) && self.id() == id
+    }
+
+    /// The whole report again.
+    fn report(&self, kinds: &[KindKey]) -> ResourceReport {
+        match self {
+            Kept::Whole(r) => (**r).clone(),
+            Kept::InSync { kind, id, namespaced, token } => {
+                let (api_version, kind) = kinds[*kind as usize].clone();
+                let (ns, name) = split(id);
+                ResourceReport {
+                    api_version,
+                    kind,
+                    namespace: namespaced.then_some(ns),
+                    name,
+                    state: ObjectState::InSync,
+                    fields: Vec::new(),
+                    message: None,
+                    operations: Vec::new(),
+                    seen: None,
+                    change_token: Some(*token),
+                    transient: false,
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drift::ObjectState;
 
     fn record(driver: Driver, ns: &str, release: &str, rev: u32) -> RecordMeta {
         RecordMeta {
@@ -364,6 +518,11 @@ mod tests {
             created_at: None,
             modified_at: None,
         }
+    }
+
+    /// A token for a test: `t1` and `t2` differ, `t1` and `t1` do not.
+    fn tk(s: &str) -> ChangeToken {
+        ChangeToken(s.trim_start_matches('t').parse().unwrap())
     }
 
     fn key(ns: &str, name: &str) -> ReleaseKey {
@@ -387,7 +546,7 @@ mod tests {
                 message: None,
                 operations: vec![],
                 seen: None,
-                change_token: token.map(str::to_string),
+                change_token: token.map(tk),
                 transient: false,
             })
             .collect();
@@ -450,14 +609,14 @@ mod tests {
         let kind = deployments();
         let id = key("shop", "web");
         assert_eq!(index.token("apps/v1", "Deployment", "shop", "web"), None, "not listed yet: vouches for nothing");
-        assert!(index.live_listed(&kind, None, vec![(id.clone(), "t1".into(), key("shop", "web"))]).is_empty(), "nothing checked yet");
-        assert_eq!(index.token("apps/v1", "Deployment", "shop", "web").as_deref(), Some("t1"));
-        assert_eq!(index.live_applied(&kind, id.clone(), Some(("t1".into(), key("shop", "web")))), None, "a status update: same token");
-        assert_eq!(index.live_applied(&kind, id.clone(), Some(("t2".into(), key("shop", "web")))), Some((key("shop", "web"), Some("t1".into()))));
+        assert!(index.live_listed(&kind, None, vec![(id.clone(), tk("t1"), key("shop", "web"))]).is_empty(), "nothing checked yet");
+        assert_eq!(index.token("apps/v1", "Deployment", "shop", "web"), Some(tk("t1")));
+        assert_eq!(index.live_applied(&kind, id.clone(), Some((tk("t1"), key("shop", "web")))), None, "a status update: same token");
+        assert_eq!(index.live_applied(&kind, id.clone(), Some((tk("t2"), key("shop", "web")))), Some((key("shop", "web"), Some(tk("t1")))));
         // Helm's annotations taken off: forgotten, nothing re-checked by that alone.
         assert_eq!(index.live_applied(&kind, id.clone(), None), None);
         assert_eq!(index.token("apps/v1", "Deployment", "shop", "web"), None);
-        index.live_applied(&kind, id.clone(), Some(("t3".into(), key("shop", "web"))));
+        index.live_applied(&kind, id.clone(), Some((tk("t3"), key("shop", "web"))));
         // Deleted: the release comes from the annotations, else from the index.
         assert_eq!(index.live_deleted(&kind, &id, None), Some(key("shop", "web")));
         assert_eq!(index.live_deleted(&kind, &id, None), None);
@@ -473,7 +632,7 @@ mod tests {
         index.keep_verdicts(key("a", "gone"), verdicts_on(&[("a", "gone", Some("t1"))]));
         // Missing when checked (no token): its absence in the listing is nothing new.
         index.keep_verdicts(key("a", "missing"), verdicts_on(&[("a", "missing", None)]));
-        let listing = vec![(key("a", "same"), "t1".into(), key("a", "same")), (key("a", "moved"), "t2".into(), key("a", "moved"))];
+        let listing = vec![(key("a", "same"), tk("t1"), key("a", "same")), (key("a", "moved"), tk("t2"), key("a", "moved"))];
         let mut stale: Vec<ReleaseKey> = index.live_listed(&kind, None, listing).into_iter().collect();
         stale.sort();
         assert_eq!(stale, vec![key("a", "gone"), key("a", "moved")]);
@@ -493,17 +652,68 @@ mod tests {
         index.keep_verdicts(key("a", "web"), verdicts_on(&[("a", "web", Some("t1"))]));
         index.keep_verdicts(key("b", "api"), verdicts_on(&[("b", "api", Some("t1"))]));
         // Namespace a lists: b's object is neither gone nor vouched for.
-        let stale = index.live_listed(&kind, Some("a"), vec![(key("a", "web"), "t1".into(), key("a", "web"))]);
+        let stale = index.live_listed(&kind, Some("a"), vec![(key("a", "web"), tk("t1"), key("a", "web"))]);
         assert!(stale.is_empty(), "{stale:?}");
-        assert_eq!(index.token("apps/v1", "Deployment", "a", "web").as_deref(), Some("t1"));
+        assert_eq!(index.token("apps/v1", "Deployment", "a", "web"), Some(tk("t1")));
         assert_eq!(index.token("apps/v1", "Deployment", "b", "api"), None, "b has not listed");
         // b lists without the object: gone, only b's release re-checked; a's objects are kept.
         let stale: Vec<ReleaseKey> = index.live_listed(&kind, Some("b"), vec![]).into_iter().collect();
         assert_eq!(stale, vec![key("b", "api")]);
-        assert_eq!(index.token("apps/v1", "Deployment", "a", "web").as_deref(), Some("t1"));
+        assert_eq!(index.token("apps/v1", "Deployment", "a", "web"), Some(tk("t1")));
         // A re-list of a replaces a's objects only.
-        index.live_listed(&kind, Some("a"), vec![(key("a", "web"), "t2".into(), key("a", "web"))]);
-        assert_eq!(index.token("apps/v1", "Deployment", "a", "web").as_deref(), Some("t2"));
+        index.live_listed(&kind, Some("a"), vec![(key("a", "web"), tk("t2"), key("a", "web"))]);
+        assert_eq!(index.token("apps/v1", "Deployment", "a", "web"), Some(tk("t2")));
+    }
+
+    #[test]
+    fn verdicts_come_back_as_they_were_kept_and_share_what_the_index_holds() {
+        let mut index = Index::default();
+        let kind = deployments();
+        index.live_listed(&kind, None, vec![(key("a", "web"), tk("t1"), key("a", "web")), (key("a", "db"), tk("t1"), key("a", "web"))]);
+        let mut v = verdicts_on(&[("a", "web", Some("t1")), ("a", "db", Some("t1")), ("a", "gone", None)]);
+        // Drifted, with a first sighting; a cluster-scoped object; an in-sync one with a message.
+        v.report.resources[1].state = ObjectState::Modified;
+        v.report.resources[1].seen = Some("2026-01-01T00:00:00Z".into());
+        let mut cluster_scoped = v.report.resources[0].clone();
+        (cluster_scoped.api_version, cluster_scoped.kind, cluster_scoped.namespace, cluster_scoped.name) = ("rbac.authorization.k8s.io/v1".into(), "ClusterRole".into(), None, "web-reader".into());
+        v.report.resources.push(cluster_scoped);
+        let mut noted = v.report.resources[0].clone();
+        (noted.name, noted.message) = ("noted".into(), Some("revision 3 has no such object".into()));
+        v.report.resources.push(noted);
+        let before = v.clone();
+        index.keep_verdicts(key("a", "web"), v);
+        // Kept small: the plain in-sync objects by kind, shared id and token; the rest whole.
+        let kept = &index.verdicts[&key("a", "web")].resources;
+        let plain: Vec<bool> = kept.iter().map(|k| matches!(k, Kept::InSync { .. })).collect();
+        assert_eq!(plain, [true, false, false, true, false]);
+        let Kept::InSync { id, .. } = &kept[0] else { unreachable!() };
+        let (held, _) = index.live[&kind].objects.get_key_value("a/web").unwrap();
+        assert!(Arc::ptr_eq(id, held), "the verdict points at the live index's id");
+        assert!(index.still_valid(&before).is_none(), "objects not read (gone, not watched): no reuse");
+        let back = index.take_verdicts(&key("a", "web")).unwrap();
+        assert_eq!(back.report, before.report);
+        assert_eq!(back.report.resources.iter().map(|r| r.change_token).collect::<Vec<_>>(), before.report.resources.iter().map(|r| r.change_token).collect::<Vec<_>>());
+        assert_eq!((back.revision, back.policy, back.latest), (before.revision, before.policy, before.latest));
+    }
+
+    #[test]
+    fn a_release_key_is_kept_once_and_forgotten_with_its_last_object() {
+        let mut index = Index::default();
+        let (kind, cms) = (deployments(), ("v1".to_string(), "ConfigMap".to_string()));
+        index.live_listed(&kind, None, vec![(key("a", "web"), tk("t1"), key("a", "web")), (key("a", "db"), tk("t1"), key("a", "db"))]);
+        index.live_applied(&cms, key("a", "web-config"), Some((tk("t1"), key("a", "web"))));
+        assert_eq!(index.releases.len(), 2, "one copy of each release's key");
+        let web = index.releases.get(&key("a", "web")).unwrap().clone();
+        let (_, (_, release)) = index.live[&cms].objects.get_key_value("a/web-config").unwrap();
+        assert!(Arc::ptr_eq(&web, release));
+        drop(web);
+        index.live_deleted(&kind, &key("a", "web"), None);
+        assert!(index.releases.contains(&key("a", "web")), "its ConfigMap is still live");
+        index.live_applied(&cms, key("a", "web-config"), None);
+        assert!(!index.releases.contains(&key("a", "web")), "no object left: forgotten");
+        assert!(index.stamped_for(&key("a", "web")).is_empty());
+        index.live_listed(&kind, None, vec![]);
+        assert!(index.releases.is_empty() && index.stamped.is_empty());
     }
 
     #[test]
@@ -513,7 +723,7 @@ mod tests {
         meta.annotations = Some([("meta.helm.sh/release-name".to_string(), "web".to_string()), ("meta.helm.sh/release-namespace".to_string(), "shop".to_string())].into());
         let (id, token, release) = helm_object(&deployments(), &meta).unwrap();
         assert_eq!((id, release), (key("shop", "web"), key("shop", "web")));
-        assert!(!token.is_empty());
+        assert_eq!(token, crate::check::change_token("apps/v1", "Deployment", &serde_json::to_value(&meta).unwrap()));
         // A hook is never a manifest object: not indexed (not an orphan, not a lost release's).
         meta.annotations.as_mut().unwrap().insert("helm.sh/hook".into(), "pre-upgrade".into());
         assert!(helm_object(&deployments(), &meta).is_none());
@@ -524,12 +734,12 @@ mod tests {
         let mut index = Index::default();
         let kind = deployments();
         let cms: KindKey = ("v1".into(), "ConfigMap".into());
-        index.live_listed(&kind, None, vec![(key("a", "web"), "t1".into(), key("a", "web")), (key("a", "old"), "t1".into(), key("a", "web")), (key("b", "api"), "t1".into(), key("b", "api"))]);
-        index.live_applied(&cms, key("a", "web-config"), Some(("t1".into(), key("a", "web"))));
+        index.live_listed(&kind, None, vec![(key("a", "web"), tk("t1"), key("a", "web")), (key("a", "old"), tk("t1"), key("a", "web")), (key("b", "api"), tk("t1"), key("b", "api"))]);
+        index.live_applied(&cms, key("a", "web-config"), Some((tk("t1"), key("a", "web"))));
         let web = |index: &Index| index.stamped_for(&key("a", "web")).into_iter().map(|(k, id)| format!("{}/{}", k.1, id.1)).collect::<Vec<_>>();
         assert_eq!(web(&index), ["Deployment/old", "Deployment/web", "ConfigMap/web-config"]);
         // Re-stamped for another release, unstamped, deleted, or gone from a re-list.
-        index.live_applied(&cms, key("a", "web-config"), Some(("t2".into(), key("a", "other"))));
+        index.live_applied(&cms, key("a", "web-config"), Some((tk("t2"), key("a", "other"))));
         assert_eq!(web(&index), ["Deployment/old", "Deployment/web"]);
         assert_eq!(index.stamped_for(&key("a", "other")).len(), 1);
         index.live_applied(&cms, key("a", "web-config"), None);
@@ -546,7 +756,7 @@ mod tests {
     #[test]
     fn forgetting_a_release_says_whether_a_report_was_written() {
         let mut index = Index::default();
-        let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written { comparable: [0; 32], full: serde_json::json!({}) }, written_at: Instant::now() };
+        let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written::from_status(&Default::default()), written_at: Instant::now() };
         index.wrote(key("a", "web"), memo.clone(), false);
         let mut other = memo.clone();
         other.drifted = false;
@@ -559,7 +769,7 @@ mod tests {
     #[test]
     fn a_new_term_reads_the_reports_again() {
         let mut index = Index::default();
-        let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written { comparable: [0; 32], full: serde_json::json!({}) }, written_at: Instant::now() };
+        let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written::from_status(&Default::default()), written_at: Instant::now() };
         index.wrote(key("a", "web"), memo.clone(), false);
         index.seeded = true;
         index.new_term();

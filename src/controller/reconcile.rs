@@ -34,10 +34,10 @@ impl crate::check::Reuse for Prior<'_> {
         let ns = namespace.unwrap_or("");
         let earlier = self.resources.iter().find(|r| r.api_version == api_version && r.kind == kind && r.namespace.as_deref().unwrap_or("") == ns && r.name == name)?;
         let current = self.ctl.index().token(api_version, kind, ns, name)?;
-        (earlier.change_token.as_deref() == Some(current.as_str())).then(|| earlier.clone())
+        (earlier.change_token == Some(current)).then(|| earlier.clone())
     }
 
-    fn current(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Option<String>> {
+    fn current(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Option<crate::report::ChangeToken>> {
         self.ctl.index().seen(api_version, kind, namespace.unwrap_or(""), name)
     }
 }
@@ -245,7 +245,7 @@ impl Controller {
         let previous = self.previous(key).await;
         let now = jiff::Timestamp::now();
         let written_before: Vec<ResourceReport> =
-            previous.as_ref().and_then(|m| m.status.full.get("resources")).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+            previous.as_ref().and_then(|m| m.status.get("resources")).and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
         status::stamp_seen(&mut report, &[&seen_before, &written_before], now);
         if report.error.is_none() {
             let v = Verdicts { revision: report.revision, policy: policy.fingerprint.clone(), report: report.clone(), latest: (history.latest().revision, history.latest().status.clone()) };
@@ -384,13 +384,13 @@ impl Controller {
         now: jiff::Timestamp,
     ) -> (HealView, Vec<Event>) {
         let remembered = self.heals.lock().expect("heals").remove(key);
-        let mut st = remembered.unwrap_or_else(|| previous.map(|m| crate::heal::HealState::resume(&m.status.full, now, Instant::now())).unwrap_or_default());
+        let mut st = remembered.unwrap_or_else(|| previous.map(|m| crate::heal::HealState::resume(&m.status.full(), now, Instant::now())).unwrap_or_default());
         let mut events = Vec::new();
         if report.drifted && report.error.is_none() && self.writer.leadership.leads() {
             let spec = &policy.spec().heal;
             let latest = history.latest();
             let first_drift = previous
-                .and_then(|m| m.status.full.get("firstDriftTime").and_then(|v| v.as_str()).and_then(|t| t.parse::<jiff::Timestamp>().ok()))
+                .and_then(|m| m.status.get("firstDriftTime")).and_then(|v| v.as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()))
                 .unwrap_or(now);
             st.times.retain(|t| t.elapsed() < crate::heal::RATE_WINDOW);
             let heals_last_hour: Vec<Duration> = st.times.iter().map(|t| t.elapsed()).collect();

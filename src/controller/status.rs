@@ -16,29 +16,39 @@ pub const MAX_RESOURCES: usize = 50;
 pub const MAX_FIELDS: usize = 20;
 
 /// A status as written: `comparable` leaves out what changes on every check (the check
-/// time), so "nothing changed" means no write.
+/// time), so "nothing changed" means no write. Kept for every release, so kept small: the
+/// status as compact JSON text (a `Value` tree of the same status is several times larger:
+/// memory, issue 18), read back on the rare occasions a reconcile needs a part of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Written {
-    /// A digest of the status without its check time: equal digests, nothing to write (a
-    /// digest, not a second copy of the status: memory, issue 18).
+    /// A digest of the status without its check time: equal digests, nothing to write.
     pub comparable: [u8; 32],
-    pub full: Value,
+    text: Box<str>,
 }
 
 /// The SHA-256 of a status without `lastCheckTime`.
-pub fn comparable(full: &Value) -> [u8; 32] {
+pub fn comparable(st: &DriftReportStatus) -> [u8; 32] {
     use sha2::{Digest as _, Sha256};
-    let mut without = full.clone();
-    if let Value::Object(m) = &mut without {
-        m.remove("lastCheckTime");
-    }
-    Sha256::digest(serde_json::to_vec(&without).expect("a Value serialises")).into()
+    let without = DriftReportStatus { last_check_time: None, ..st.clone() };
+    Sha256::digest(serde_json::to_vec(&without).expect("a status serialises")).into()
 }
 
 impl Written {
     pub fn from_status(st: &DriftReportStatus) -> Self {
-        let full = serde_json::to_value(st).expect("status serialises");
-        Written { comparable: comparable(&full), full }
+        Written { comparable: comparable(st), text: serde_json::to_string(st).expect("status serialises").into() }
+    }
+
+    /// The whole status, as it is sent.
+    pub fn full(&self) -> Value {
+        serde_json::from_str(&self.text).expect("written from a status")
+    }
+
+    /// One top-level field of the status (`resources`, `firstDriftTime`, `conditions`).
+    pub fn get(&self, field: &str) -> Option<Value> {
+        match self.full() {
+            Value::Object(mut m) => m.swap_remove(field),
+            _ => None,
+        }
     }
 
     /// The reason of the `Ready` condition when it is `False` (why the last check could not run).
@@ -46,12 +56,13 @@ impl Written {
         self.condition("Ready").filter(|c| c.status == "False").map(|c| c.reason)
     }
 
-    fn condition(&self, type_: &str) -> Option<Condition> {
-        self.full.get("conditions")?.as_array()?.iter().find(|c| c["type"] == type_).and_then(|c| serde_json::from_value(c.clone()).ok())
+    pub fn condition(&self, type_: &str) -> Option<Condition> {
+        let Value::Array(conditions) = self.get("conditions")? else { return None };
+        conditions.into_iter().find(|c| c["type"] == type_).and_then(|c| serde_json::from_value(c).ok())
     }
 
     fn first_drift_time(&self) -> Option<String> {
-        self.full.get("firstDriftTime")?.as_str().map(str::to_string)
+        self.get("firstDriftTime")?.as_str().map(str::to_string)
     }
 }
 
@@ -369,13 +380,13 @@ pub(super) mod tests {
         let a = build(&report(true), "ns/p", None, t1, Some(&history(ReleaseStatus::Deployed)), None);
         let b = build(&report(true), "ns/p", Some(&a.written), t2, Some(&history(ReleaseStatus::Deployed)), None);
         assert_eq!(a.written.comparable, b.written.comparable, "only the check time moved: no write");
-        assert_ne!(a.written.full, b.written.full);
-        assert_eq!(b.written.full["firstDriftTime"], "2026-01-01T00:00:00Z");
+        assert_ne!(a.written.full(), b.written.full());
+        assert_eq!(b.written.full()["firstDriftTime"], "2026-01-01T00:00:00Z");
         let c = build(&report(false), "ns/p", Some(&b.written), t2, Some(&history(ReleaseStatus::Deployed)), None);
-        let drifted = c.written.full["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Drifted").unwrap().clone();
+        let drifted = c.written.full()["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Drifted").unwrap().clone();
         assert_eq!((drifted["status"].as_str(), drifted["reason"].as_str()), (Some("False"), Some("InSync")));
         assert_eq!(drifted["lastTransitionTime"], "2026-01-01T00:05:00Z");
-        assert!(c.written.full.get("firstDriftTime").is_none());
+        assert!(c.written.get("firstDriftTime").is_none());
     }
 
     #[test]
@@ -463,7 +474,7 @@ pub(super) mod tests {
         let t: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let b = build(&report(false), "ns/p", None, t, Some(&history(ReleaseStatus::PendingUpgrade)), None);
         assert!(b.unhealthy);
-        let h = b.written.full["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ReleaseHealthy").unwrap().clone();
+        let h = b.written.full()["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ReleaseHealthy").unwrap().clone();
         assert_eq!((h["status"].as_str(), h["reason"].as_str()), (Some("False"), Some("Pending")));
     }
 }

@@ -170,10 +170,10 @@ impl Controller {
             Change::Applied((id, helm)) => {
                 let Some(id) = id else { return };
                 let helm = helm.map(|(_, token, release)| (token, release));
-                let token = helm.as_ref().map(|(t, _)| t.clone());
+                let token = helm.as_ref().map(|(t, _)| *t);
                 let changed = self.index().live_applied(&kind, id.clone(), helm);
                 if let Some((release, before)) = changed {
-                    tracing::debug!(kind = kind.1, namespace = id.0, name = id.1, before, token, "object changed");
+                    tracing::debug!(kind = kind.1, namespace = id.0, name = id.1, ?before, ?token, "object changed");
                     self.enqueue_releases([release]);
                 }
             }

@@ -17,6 +17,7 @@ pub mod heal;
 pub mod helm;
 pub mod http;
 pub mod inventory;
+pub mod memory;
 pub mod metrics;
 pub mod preview;
 pub mod report;

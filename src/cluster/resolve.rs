@@ -267,6 +267,13 @@ impl Resolver {
         Ok(obj.map(|o| serde_json::to_value(o).expect("a DynamicObject serialises")))
     }
 
+    /// Drops the listings older than [`LISTING_TTL`] (reads drop them too, but after a scan
+    /// none may come for a long time: what nobody asked for would stay).
+    pub fn drop_stale_listings(&self) {
+        let now = Instant::now();
+        self.listings.lock().expect("listings").retain(|_, l| now.duration_since(l.since) < LISTING_TTL);
+    }
+
     /// The live object as a scan reads it, or None when it does not exist. The first object of
     /// a kind in a namespace is read by GET; asking for a second within [`LISTING_TTL`] lists
     /// the kind in that namespace once (in pages of [`LIST_PAGE`], from the watch cache with

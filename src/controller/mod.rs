@@ -215,10 +215,13 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
 
     // The safety net: a full re-check every (shortest) policy interval. The interval is read
     // again every second: a policy with a shorter one, applied after the start, is honoured at
-    // once rather than after the interval there was before it.
+    // once rather than after the interval there was before it. The same tick hands freed
+    // memory back once a burst of work is over (queue::trim_due).
     let me = ctl.clone();
     tasks.spawn(async move {
         let mut last = std::time::Instant::now();
+        let mut trimmed = (0u64, std::time::Instant::now());
+        let mut idle_since = None;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let shortest = me.policies.read().expect("policies").iter().map(|p| p.interval).min();
@@ -226,6 +229,17 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
             if last.elapsed() >= shortest {
                 last = std::time::Instant::now();
                 me.enqueue(Work::All);
+            }
+            let (idle, finished) = {
+                let q = me.queue.lock().expect("queue lock");
+                (q.is_empty(), q.finished())
+            };
+            idle_since = if idle { idle_since.or_else(|| Some(std::time::Instant::now())) } else { None };
+            me.resolver.drop_stale_listings();
+            let idle_for = idle_since.map(|t: std::time::Instant| t.elapsed());
+            if queue::trim_due(idle_for, crate::cluster::resolve::LISTING_TTL, finished - trimmed.0, trimmed.1.elapsed()) {
+                crate::memory::give_back_freed();
+                trimmed = (finished, std::time::Instant::now());
             }
         }
     });

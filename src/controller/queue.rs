@@ -35,11 +35,13 @@ pub struct WorkQueue<W> {
     in_flight: HashSet<W>,
     dirty: HashSet<W>,
     attempts: HashMap<W, u32>,
+    /// Runs finished since the queue was made.
+    finished: u64,
 }
 
 impl<W> Default for WorkQueue<W> {
     fn default() -> Self {
-        WorkQueue { pending: HashSet::new(), in_flight: HashSet::new(), dirty: HashSet::new(), attempts: HashMap::new() }
+        WorkQueue { pending: HashSet::new(), in_flight: HashSet::new(), dirty: HashSet::new(), attempts: HashMap::new(), finished: 0 }
     }
 }
 
@@ -64,6 +66,7 @@ impl<W: Clone + Eq + Hash> WorkQueue<W> {
     /// A worker is done with the key.
     pub fn finish(&mut self, w: &W, settled: Settled) -> After {
         self.in_flight.remove(w);
+        self.finished += 1;
         let retry = match settled {
             Settled::Done => {
                 self.attempts.remove(w);
@@ -87,6 +90,20 @@ impl<W: Clone + Eq + Hash> WorkQueue<W> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Runs finished since the queue was made.
+    pub fn finished(&self) -> u64 {
+        self.finished
+    }
+}
+
+/// Whether to hand the allocator's free pages back to the system now ([`crate::memory`]): once
+/// the queue has been idle for `settle` after a burst of work (a cold scan, a full pass, a storm
+/// of edits; `settle` lets what the burst left behind, such as its listings, be dropped first),
+/// or after any work at most once a minute. A lone edit's reconcile does not trim at once: a
+/// trim walks the whole heap.
+pub fn trim_due(idle_for: Option<Duration>, settle: Duration, finished_since: u64, since_last: Duration) -> bool {
+    idle_for.is_some_and(|idle| idle >= settle) && (finished_since >= 64 || (finished_since > 0 && since_last >= Duration::from_secs(60)))
 }
 
 #[cfg(test)]
@@ -114,6 +131,25 @@ mod tests {
         assert_eq!(q.finish(&"a", Settled::Done), After { again: false, retry: None });
         assert!(q.is_empty());
         assert!(q.add("a"), "finished: can be sent again");
+    }
+
+    #[test]
+    fn memory_is_handed_back_when_a_burst_is_over() {
+        let (s, ten, m) = (Duration::from_secs(1), Duration::from_secs(10), Duration::from_secs(60));
+        assert!(trim_due(Some(ten), ten, 1000, s), "a cold scan ended, its listings dropped");
+        assert!(!trim_due(Some(s), ten, 1000, s), "its listings are not dropped yet");
+        assert!(!trim_due(None, ten, 1000, m), "still working: the freed pages would be taken again");
+        assert!(!trim_due(Some(m), ten, 3, s), "a few edits: not yet");
+        assert!(trim_due(Some(m), ten, 3, m), "a few edits, a minute later");
+        assert!(!trim_due(Some(m), ten, 0, m), "nothing ran: nothing to give back (idle costs nothing)");
+        let mut q = WorkQueue::default();
+        q.add("a");
+        q.start(&"a");
+        q.finish(&"a", Settled::Retry);
+        q.add("b");
+        q.start(&"b");
+        q.finish(&"b", Settled::Done);
+        assert_eq!(q.finished(), 2, "failed runs count: they allocated too");
     }
 
     #[test]

@@ -228,7 +228,14 @@ impl Drop for ControllerProcess {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports::<1>()[0]
+}
+
+/// N distinct free ports: the listeners are all held until each has its port (one let go before
+/// the next bind can be handed the same port again: a run got metrics and health on one port).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 pub fn start_controller(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str) -> ControllerProcess {
@@ -243,7 +250,7 @@ pub fn start_controller_via(own_ns: &str, cluster_ns: &str, watch: &[&str], log:
 /// The same, as a replica with `--leader-elect` named `identity` when one is given.
 pub fn start_controller_with(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str, kubeconfig: Option<&str>, identity: Option<&str>) -> ControllerProcess {
     apply_crds();
-    let (metrics_port, health_port) = (free_port(), free_port());
+    let [metrics_port, health_port] = free_ports();
     let log = std::fs::File::create(log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
         .args([

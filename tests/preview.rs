@@ -1,13 +1,54 @@
-//! `driftwatch preview upgrade` against the real `helm upgrade` (issue 16, first cases): drift
+//! `driftwatch preview upgrade` against the real `helm upgrade` (issue 16): drift
 //! made for real (a kubectl-edit of a memory limit, a `kubectl scale`, a server-side-apply
 //! hotfix with its own manager, a key added by hand, an edited custom resource), previewed from
 //! `helm template`, then the real upgrade run: every predicted field is compared with the live
-//! state afterwards, and every predicted conflict with the error helm prints.
+//! state afterwards, and every predicted conflict with the error helm prints. Each case under
+//! each apply method: Helm 3, Helm 4 client-side (`--server-side=false`), Helm 4 server-side.
 
 mod common;
 
 use common::{Helm, TestNamespace, kubectl, kubectl_stdin};
 use serde_json::Value;
+
+/// How a release is applied: Helm 3 (client-side, a three-way merge), Helm 4 with
+/// `--server-side=false` at install (client-side too; its upgrades and rollbacks follow the
+/// release's method), Helm 4 by default (server-side apply).
+#[derive(Clone, Copy)]
+enum Method {
+    Helm3,
+    Helm4ClientSide,
+    Helm4ServerSide,
+}
+
+impl Method {
+    fn helm(self) -> Helm {
+        match self {
+            Method::Helm3 => Helm::V3,
+            Method::Helm4ClientSide | Method::Helm4ServerSide => Helm::V4,
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Method::Helm3 => "h3",
+            Method::Helm4ClientSide => "h4c",
+            Method::Helm4ServerSide => "h4",
+        }
+    }
+
+    fn client_side(self) -> bool {
+        !matches!(self, Method::Helm4ServerSide)
+    }
+
+    /// `helm install` with these arguments, under this method.
+    fn install(self, args: &[&str]) {
+        let mut args = args.to_vec();
+        if let Method::Helm4ClientSide = self {
+            args.push("--server-side=false");
+        }
+        self.helm().ok(&args);
+    }
+}
 
 const LIGHT: &str = "statefulset.enabled=false,cache.enabled=false,replicaCount=1,web.sidecar.enabled=false,web.resources.requests.cpu=10m,hookJob.enabled=false";
 
@@ -98,11 +139,12 @@ fn all_agree(doc: &Value, n: &str) -> usize {
     agreed
 }
 
-async fn upgrade_as_predicted(helm: Helm) {
+async fn upgrade_as_predicted(method: Method) {
+    let helm = method.helm();
     let client = common::client().await;
-    let ns = TestNamespace::new(&client, &format!("preview-{}", helm.short())).await;
+    let ns = TestNamespace::new(&client, &format!("preview-{}", method.short())).await;
     let n = ns.name.as_str();
-    helm.ok(&["install", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
+    method.install(&["install", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
     kubectl(&["patch", "deploy", "app-fullstack", "-n", n, "--type=json", "-p", r#"[{"op":"replace","path":"/spec/template/spec/containers/0/resources/limits/memory","value":"1Gi"}]"#, "--field-manager=kubectl-edit"]);
     kubectl(&["scale", "deploy", "app-fullstack", "-n", n, "--replicas=2"]);
     kubectl(&["patch", "widget", "app-fullstack", "-n", n, "--type=merge", "-p", r#"{"spec":{"color":"red"}}"#, "--field-manager=kubectl-edit"]);
@@ -113,8 +155,8 @@ async fn upgrade_as_predicted(helm: Helm) {
     let outcomes = drifted_rows(&doc);
     let upgrade = helm.run(&["upgrade", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
     let said = String::from_utf8_lossy(&upgrade.stderr).to_string();
-    match helm {
-        Helm::V3 => {
+    match method.client_side() {
+        true => {
             assert_eq!(
                 outcomes,
                 [
@@ -131,7 +173,7 @@ async fn upgrade_as_predicted(helm: Helm) {
             assert!(upgrade.status.success(), "{said}");
             assert_eq!(all_agree(&doc, n), doc["fields"].as_array().unwrap().len());
         }
-        Helm::V4 => {
+        false => {
             // Server-side apply: each field another manager owns is a conflict, and helm says so.
             assert_eq!(
                 outcomes,
@@ -162,12 +204,17 @@ async fn upgrade_as_predicted(helm: Helm) {
 
 #[tokio::test]
 async fn helm3_upgrade_does_what_the_preview_says() {
-    upgrade_as_predicted(Helm::V3).await;
+    upgrade_as_predicted(Method::Helm3).await;
+}
+
+#[tokio::test]
+async fn helm4_client_side_upgrade_does_what_the_preview_says() {
+    upgrade_as_predicted(Method::Helm4ClientSide).await;
 }
 
 #[tokio::test]
 async fn helm4_upgrade_does_what_the_preview_says() {
-    upgrade_as_predicted(Helm::V4).await;
+    upgrade_as_predicted(Method::Helm4ServerSide).await;
 }
 
 /// An upgrade that changes the chart's values, over every kind of drift and ownership: a key
@@ -179,13 +226,14 @@ async fn helm4_upgrade_does_what_the_preview_says() {
 /// server-side); a memory limit edited to the value the new values set (`adopted`); and
 /// replicas an autoscaler set, which Kubernetes records no owner for (nothing to say, and no
 /// conflict when the new values set replicas).
-async fn changes_as_predicted(helm: Helm) {
+async fn changes_as_predicted(method: Method) {
+    let helm = method.helm();
     let client = common::client().await;
-    let ns = TestNamespace::new(&client, &format!("preview-ch-{}", helm.short())).await;
+    let ns = TestNamespace::new(&client, &format!("preview-ch-{}", method.short())).await;
     let n = ns.name.as_str();
     let chart = common::chart("fullstack");
     let old_values = format!("{LIGHT},autoscaling.enabled=true,config.data.tier=gold");
-    helm.ok(&["install", "app", &chart, "-n", n, "--set", &old_values]);
+    method.install(&["install", "app", &chart, "-n", n, "--set", &old_values]);
     // The autoscaler brings the Deployment to its minReplicas (2) through the scale subresource.
     common::wait_for("the autoscaler to scale to 2", 90, || (kubectl(&["get", "deploy", "app-fullstack", "-n", n, "-o", "jsonpath={.spec.replicas}"]) == "2").then_some(()));
     kubectl(&["patch", "cm", "app-fullstack", "-n", n, "--type=merge", "-p", r#"{"data":{"tier":"platinum"}}"#, "--field-manager=kubectl-edit"]);
@@ -202,8 +250,8 @@ async fn changes_as_predicted(helm: Helm) {
         args.extend_from_slice(extra);
         helm.run(&args)
     };
-    match helm {
-        Helm::V3 => {
+    match method.client_side() {
+        true => {
             assert_eq!(
                 sorted(drifted_rows(&doc)),
                 ["removed ConfigMap /data/tier", "adopted Deployment /spec/template/spec/containers/0/resources/limits/memory", "recreated Service ", "reverted Widget /spec/color"],
@@ -220,7 +268,7 @@ async fn changes_as_predicted(helm: Helm) {
             assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
             assert_eq!(all_agree(&doc, n), 6);
         }
-        Helm::V4 => {
+        false => {
             assert_eq!(
                 sorted(drifted_rows(&doc)),
                 ["kept ConfigMap /data/tier", "adopted Deployment /spec/template/spec/containers/0/resources/limits/memory", "recreated Service ", "conflict Widget /spec/color"],
@@ -254,21 +302,27 @@ async fn changes_as_predicted(helm: Helm) {
 
 #[tokio::test]
 async fn helm3_changes_do_what_the_preview_says() {
-    changes_as_predicted(Helm::V3).await;
+    changes_as_predicted(Method::Helm3).await;
+}
+
+#[tokio::test]
+async fn helm4_client_side_changes_do_what_the_preview_says() {
+    changes_as_predicted(Method::Helm4ClientSide).await;
 }
 
 #[tokio::test]
 async fn helm4_changes_do_what_the_preview_says() {
-    changes_as_predicted(Helm::V4).await;
+    changes_as_predicted(Method::Helm4ServerSide).await;
 }
 
 /// The seed's story: a memory limit edited after two upgrades; the rollback to the first
 /// revision, previewed, then run.
-async fn rollback_as_predicted(helm: Helm) {
+async fn rollback_as_predicted(method: Method) {
+    let helm = method.helm();
     let client = common::client().await;
-    let ns = TestNamespace::new(&client, &format!("preview-rb-{}", helm.short())).await;
+    let ns = TestNamespace::new(&client, &format!("preview-rb-{}", method.short())).await;
     let n = ns.name.as_str();
-    helm.ok(&["install", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
+    method.install(&["install", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT]);
     helm.ok(&["upgrade", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT, "--set", "config.data.greeting=bonjour"]);
     helm.ok(&["upgrade", "app", &common::chart("fullstack"), "-n", n, "--set", LIGHT, "--set", "config.data.greeting=hola"]);
     common::set_memory(n, "app-fullstack", "512Mi", "1Gi");
@@ -283,6 +337,8 @@ async fn rollback_as_predicted(helm: Helm) {
     assert_eq!((row["path"].as_str(), row["manager"].as_str()), (Some("/spec/template/spec/containers/0/resources/limits/memory"), Some("kubectl-edit")), "{doc:#}");
     assert!(row["age"].as_str().is_some_and(|a| a.ends_with(" ago")), "{doc:#}");
     let rollback = helm.run(&["rollback", "app", "1", "-n", n]);
+    let expected = if method.client_side() { "reverted" } else { "conflict" };
+    assert_eq!(row["outcome"], expected, "{doc:#}");
     match row["outcome"].as_str().unwrap() {
         "reverted" => {
             assert!(rollback.status.success(), "{}", String::from_utf8_lossy(&rollback.stderr));
@@ -299,12 +355,17 @@ async fn rollback_as_predicted(helm: Helm) {
 
 #[tokio::test]
 async fn helm3_rollback_does_what_the_preview_says() {
-    rollback_as_predicted(Helm::V3).await;
+    rollback_as_predicted(Method::Helm3).await;
+}
+
+#[tokio::test]
+async fn helm4_client_side_rollback_does_what_the_preview_says() {
+    rollback_as_predicted(Method::Helm4ClientSide).await;
 }
 
 #[tokio::test]
 async fn helm4_rollback_does_what_the_preview_says() {
-    rollback_as_predicted(Helm::V4).await;
+    rollback_as_predicted(Method::Helm4ServerSide).await;
 }
 
 /// `helm driftwatch …` as a plugin installed with `helm plugin install` from the repository

@@ -119,6 +119,11 @@ fn joined(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
+/// The namespace of a joined id ("" for a cluster-scoped object).
+fn namespace_of(id: &str) -> &str {
+    id.split_once('/').map_or("", |(ns, _)| ns)
+}
+
 /// The (namespace, name) of a joined id.
 fn split(id: &str) -> ObjectId {
     let (ns, name) = id.split_once('/').unwrap_or(("", id));
@@ -290,8 +295,8 @@ impl Index {
         drop(listed);
         // The scope's objects are replaced by the listing's, and their stamps with them.
         let entry = self.live.entry(kind.clone()).or_default();
-        let dropped: Vec<(Arc<str>, Arc<ReleaseKey>)> = entry.objects.iter().filter(|(id, _)| in_scope(split(id).0.as_str())).map(|(id, (_, r))| (id.clone(), r.clone())).collect();
-        entry.objects.retain(|id, _| !in_scope(split(id).0.as_str()));
+        let dropped: Vec<(Arc<str>, Arc<ReleaseKey>)> = entry.objects.iter().filter(|(id, _)| in_scope(namespace_of(id))).map(|(id, (_, r))| (id.clone(), r.clone())).collect();
+        entry.objects.retain(|id, _| !in_scope(namespace_of(id)));
         entry.listed.insert(scope.map(str::to_string));
         for (id, release) in dropped {
             self.unstamp(no, &id, &release);
@@ -461,7 +466,7 @@ impl Kept {
 
     fn namespace(&self) -> &str {
         match self {
-            Kept::InSync { id, .. } => id.split_once('/').map_or("", |(ns, _)| ns),
+            Kept::InSync { id, .. } => namespace_of(id),
             Kept::Whole(r) => r.namespace.as_deref().unwrap_or(""),
         }
     }

@@ -244,8 +244,7 @@ impl Controller {
         }
         let previous = self.previous(key).await;
         let now = jiff::Timestamp::now();
-        let written_before: Vec<ResourceReport> =
-            previous.as_ref().and_then(|m| m.status.get("resources")).and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+        let written_before: Vec<ResourceReport> = previous.as_ref().map(|m| m.status.status().resources).unwrap_or_default();
         status::stamp_seen(&mut report, &[&seen_before, &written_before], now);
         if report.error.is_none() {
             let v = Verdicts { revision: report.revision, policy: policy.fingerprint.clone(), report: report.clone(), latest: (history.latest().revision, history.latest().status.clone()) };
@@ -390,7 +389,7 @@ impl Controller {
             let spec = &policy.spec().heal;
             let latest = history.latest();
             let first_drift = previous
-                .and_then(|m| m.status.get("firstDriftTime")).and_then(|v| v.as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()))
+                .and_then(|m| m.status.status().first_drift_time).and_then(|t| t.parse::<jiff::Timestamp>().ok())
                 .unwrap_or(now);
             st.times.retain(|t| t.elapsed() < crate::heal::RATE_WINDOW);
             let heals_last_hour: Vec<Duration> = st.times.iter().map(|t| t.elapsed()).collect();

@@ -43,26 +43,14 @@ impl Written {
         serde_json::from_str(&self.text).expect("written from a status")
     }
 
-    /// One top-level field of the status (`resources`, `firstDriftTime`, `conditions`).
-    pub fn get(&self, field: &str) -> Option<Value> {
-        match self.full() {
-            Value::Object(mut m) => m.swap_remove(field),
-            _ => None,
-        }
+    /// The status as it was written, parsed (once per use: read what you need from it).
+    pub fn status(&self) -> DriftReportStatus {
+        serde_json::from_str(&self.text).expect("written from a status")
     }
 
     /// The reason of the `Ready` condition when it is `False` (why the last check could not run).
     pub fn not_ready_reason(&self) -> Option<String> {
-        self.condition("Ready").filter(|c| c.status == "False").map(|c| c.reason)
-    }
-
-    pub fn condition(&self, type_: &str) -> Option<Condition> {
-        let Value::Array(conditions) = self.get("conditions")? else { return None };
-        conditions.into_iter().find(|c| c["type"] == type_).and_then(|c| serde_json::from_value(c).ok())
-    }
-
-    fn first_drift_time(&self) -> Option<String> {
-        self.get("firstDriftTime")?.as_str().map(str::to_string)
+        self.status().conditions.into_iter().find(|c| c.type_ == "Ready" && c.status == "False").map(|c| c.reason)
     }
 }
 
@@ -92,8 +80,8 @@ impl Built {
     }
 }
 
-fn condition(previous: Option<&Written>, type_: &str, status: &str, reason: &str, message: String, now: jiff::Timestamp) -> Condition {
-    let kept = previous.and_then(|p| p.condition(type_)).filter(|c| c.status == status).map(|c| c.last_transition_time);
+fn condition(previous: Option<&DriftReportStatus>, type_: &str, status: &str, reason: &str, message: String, now: jiff::Timestamp) -> Condition {
+    let kept = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == type_)).filter(|c| c.status == status).map(|c| c.last_transition_time.clone());
     Condition {
         type_: type_.into(),
         status: status.into(),
@@ -115,6 +103,8 @@ pub struct HealView {
 
 /// `history` is None for a release that has no record left (`LostRecords`).
 pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: jiff::Timestamp, history: Option<&ReleaseHistory>, heal: Option<&HealView>) -> Built {
+    let previous = previous.map(Written::status);
+    let previous = previous.as_ref();
     let drifted_objects: Vec<&crate::report::ResourceReport> = r
         .resources
         .iter()
@@ -164,7 +154,7 @@ pub fn build(r: &ReleaseReport, policy: &str, previous: Option<&Written>, now: j
     }
 
     let first_drift = drifted.then(|| {
-        previous.and_then(Written::first_drift_time).and_then(|t| t.parse::<jiff::Timestamp>().ok()).unwrap_or(now)
+        previous.and_then(|p| p.first_drift_time.as_deref()).and_then(|t| t.parse::<jiff::Timestamp>().ok()).unwrap_or(now)
     });
     let mut truncated = drifted_objects.len() > MAX_RESOURCES;
     let resources: Vec<crate::report::ResourceReport> = r
@@ -386,7 +376,7 @@ pub(super) mod tests {
         let drifted = c.written.full()["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Drifted").unwrap().clone();
         assert_eq!((drifted["status"].as_str(), drifted["reason"].as_str()), (Some("False"), Some("InSync")));
         assert_eq!(drifted["lastTransitionTime"], "2026-01-01T00:05:00Z");
-        assert!(c.written.get("firstDriftTime").is_none());
+        assert!(c.written.status().first_drift_time.is_none());
     }
 
     #[test]

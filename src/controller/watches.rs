@@ -155,7 +155,7 @@ impl Controller {
     async fn watch_kind_in(self: Arc<Self>, kind: KindKey, scope: Option<String>, api: Api<PartialObjectMeta<DynamicObject>>) {
         let id = |m: &ObjectMeta| Some((m.namespace.clone().unwrap_or_default(), m.name.clone()?));
         // Of each object only its id and, for one Helm made, its token and release.
-        let keep = |o: PartialObjectMeta<DynamicObject>| (id(&o.metadata), helm_object(&kind, &o.metadata));
+        let keep = |o: PartialObjectMeta<DynamicObject>| (id(&o.metadata), helm_object(&kind, &o.metadata).map(|(_, token, release)| (token, release)));
         // Objects of this kind counted into the gauge; a re-list replaces the count.
         let mut counted = 0f64;
         drive(&kind.1.clone(), api, watcher::Config::default(), keep, |change| match change {
@@ -163,13 +163,12 @@ impl Controller {
                 let n = objects.len() as f64;
                 self.metrics.watched_objects.add(n - counted);
                 counted = n;
-                let listing = objects.into_iter().filter_map(|(_, helm)| helm).collect();
+                let listing = objects.into_iter().filter_map(|(id, helm)| Some((id?, helm?))).map(|(id, (token, release))| (id, token, release)).collect();
                 let stale = self.index().live_listed(&kind, scope.as_deref(), listing);
                 self.enqueue_releases(stale);
             }
             Change::Applied((id, helm)) => {
                 let Some(id) = id else { return };
-                let helm = helm.map(|(_, token, release)| (token, release));
                 let token = helm.as_ref().map(|(t, _)| *t);
                 let changed = self.index().live_applied(&kind, id.clone(), helm);
                 if let Some((release, before)) = changed {
@@ -179,7 +178,7 @@ impl Controller {
             }
             Change::Deleted((id, helm)) => {
                 let Some(id) = id else { return };
-                let release = helm.map(|(_, _, r)| r);
+                let release = helm.map(|(_, r)| r);
                 let release = self.index().live_deleted(&kind, &id, release);
                 self.enqueue_releases(release);
             }

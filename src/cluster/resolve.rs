@@ -96,6 +96,13 @@ struct Listing {
     objects: tokio::sync::OnceCell<Option<std::sync::Mutex<HashMap<String, Box<str>>>>>,
 }
 
+impl Listing {
+    /// Whether it may still serve reads ([`LISTING_TTL`]).
+    fn fresh(&self, now: Instant) -> bool {
+        now.duration_since(self.since) < LISTING_TTL
+    }
+}
+
 /// One page of a LIST answer, its items kept as text.
 #[derive(serde::Deserialize)]
 struct Page<'a> {
@@ -271,7 +278,7 @@ impl Resolver {
     /// none may come for a long time: what nobody asked for would stay).
     pub fn drop_stale_listings(&self) {
         let now = Instant::now();
-        self.listings.lock().expect("listings").retain(|_, l| now.duration_since(l.since) < LISTING_TTL);
+        self.listings.lock().expect("listings").retain(|_, l| l.fresh(now));
     }
 
     /// The live object as a scan reads it, or None when it does not exist. The first object of
@@ -287,7 +294,7 @@ impl Resolver {
         let listing = {
             let now = Instant::now();
             let mut listings = self.listings.lock().expect("listings");
-            listings.retain(|_, l| now.duration_since(l.since) < LISTING_TTL);
+            listings.retain(|_, l| l.fresh(now));
             let key = (format!("{}/{}", kind.resource.api_version, kind.resource.plural), namespace.map(str::to_string));
             listings.entry(key).or_insert_with(|| Arc::new(Listing { since: now, asked: AtomicUsize::new(0), objects: tokio::sync::OnceCell::new() })).clone()
         };

@@ -176,3 +176,50 @@ async fn a_corrupt_record_does_not_hide_the_others() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("warning: decoding secret"), "{stderr}");
 }
+
+/// Issue 18: a scan's payload listing (the second record read in a namespace lists the
+/// namespace's records) never serves a record that was deleted and written again under its
+/// name since (an uninstall and an install make revision 1 again: another object, another
+/// uid, another manifest): the read returns the new one. For both drivers.
+#[tokio::test]
+async fn a_payload_listing_never_serves_a_record_written_again() {
+    use kube::api::{DeleteParams, DynamicObject};
+    let client = common::client().await;
+    for (helm, driver) in [(Helm::V3, "secret"), (Helm::V4, "configmap")] {
+        let ns = TestNamespace::new(&client, &format!("relisted-{}-{driver}", helm.short())).await;
+        let n = ns.name.as_str();
+        let env = [("HELM_DRIVER", driver)];
+        let many = common::chart("many");
+        for (name, apps) in [("a", "1"), ("b", "1"), ("c", "1"), ("d", "3")] {
+            helm.ok_env(&["install", name, &many, "-n", n, "--set", &format!("apps={apps}")], &env);
+        }
+        let store = ReleaseStore::new(client.clone());
+        let newest = |records: &[driftwatch::helm::RecordMeta], name: &str| records.iter().find(|r| r.release == name).unwrap().clone();
+        let records = store.list(Some(n)).await.records;
+        // a by GET; b makes the listing, which holds c's record too.
+        for name in ["a", "b"] {
+            let rel = store.fetch(&newest(&records, name)).await.unwrap();
+            assert_eq!(rel.manifest.matches("kind: ConfigMap").count(), 1, "{name}");
+        }
+        // c's record is deleted and written again under its name, with d's payload (what an
+        // uninstall and an install with other values do, in a moment: within the listing's life).
+        let resource = if driver == "secret" { kube::core::ApiResource::erase::<Secret>(&()) } else { kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()) };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), n, &resource);
+        let (c_name, d_name) = ("sh.helm.release.v1.c.v1", "sh.helm.release.v1.d.v1");
+        let mut again = api.get(c_name).await.unwrap();
+        again.data["data"] = api.get(d_name).await.unwrap().data["data"].clone();
+        again.metadata.uid = None;
+        again.metadata.resource_version = None;
+        again.metadata.creation_timestamp = None;
+        again.metadata.managed_fields = None;
+        api.delete(c_name, &DeleteParams::default()).await.unwrap();
+        api.create(&PostParams::default(), &again).await.unwrap();
+        let c = newest(&store.list(Some(n)).await.records, "c");
+        assert_ne!(c.uid, newest(&records, "c").uid);
+        let rel = store.fetch(&c).await.unwrap();
+        assert_eq!(rel.manifest.matches("kind: ConfigMap").count(), 3, "{driver}: the listed copy of the old record was served");
+        // What the listing holds and did not change is served as it was.
+        let rel = store.fetch(&newest(&records, "d")).await.unwrap();
+        assert_eq!(rel.manifest.matches("kind: ConfigMap").count(), 3);
+    }
+}

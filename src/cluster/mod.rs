@@ -4,6 +4,7 @@
 pub mod evidence;
 pub mod heal;
 pub mod inventory;
+pub mod listing;
 pub mod resolve;
 pub mod release_store;
 

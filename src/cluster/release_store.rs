@@ -5,6 +5,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
 use kube::Client;
 
+use std::collections::HashMap;
+
+use base64::Engine as _;
+
+use super::listing::{Listings, list_pages};
 use crate::helm::records::{OWNER_SELECTOR, RecordMetaError, SECRET_TYPE};
 use crate::helm::{DecodeError, Driver, RecordMeta, Release, ReleaseHistory, ReleaseStatus, decode_release};
 
@@ -94,13 +99,43 @@ pub struct Listing {
 #[derive(Clone)]
 pub struct ReleaseStore {
     client: Client,
+    /// Listings of the release payloads of a namespace that serve [`ReleaseStore::fetch_payload`]
+    /// by (driver, namespace): each record's uid and payload, by object name.
+    payloads: std::sync::Arc<Listings<(Option<String>, Vec<u8>)>>,
+}
+
+/// What a payload listing reads of a record: its name, uid and payload.
+#[derive(serde::Deserialize)]
+struct ListedRecord {
+    metadata: ListedMeta,
+    #[serde(default)]
+    data: ListedData,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedMeta {
+    name: String,
+    #[serde(default)]
+    uid: Option<String>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct ListedData {
+    #[serde(default)]
+    release: Option<String>,
 }
 
 const PAGE: u32 = 500;
 
 impl ReleaseStore {
     pub fn new(client: Client) -> Self {
-        ReleaseStore { client }
+        ReleaseStore { client, payloads: Default::default() }
+    }
+
+    /// Drops the payload listings no read asked for within their time to live (see
+    /// [`super::listing`]).
+    pub fn drop_stale_listings(&self) {
+        self.payloads.drop_stale();
     }
 
     /// Lists release records in one namespace or all (`None`), metadata only. A driver that
@@ -172,8 +207,47 @@ impl ReleaseStore {
         })
     }
 
-    /// The raw `data.release` of a record (Helm's base64 text).
+    /// The raw `data.release` of a record (Helm's base64 text). A scan reads many: the first of
+    /// a namespace is a GET, the second lists the namespace's records that are not
+    /// `superseded` (every release's reference and newest revision, in a few pages) and the
+    /// rest are taken from that listing ([`super::listing`]). A listed record is used only if
+    /// it is the very object the caller knows (its uid); else, or when the listing does not
+    /// hold it, it is read by GET.
     pub async fn fetch_payload(&self, record: &RecordMeta) -> Result<Vec<u8>, StorageError> {
+        if let Some(listing) = self.payloads.ask(format!("{} {}", record.driver, record.namespace)) {
+            let listed = listing.take(&record.object_name, || self.list_payloads(record.driver, &record.namespace)).await;
+            if let Some((uid, payload)) = listed {
+                if uid.is_some() && uid == record.uid {
+                    return Ok(payload);
+                }
+            }
+        }
+        self.get_payload(record).await
+    }
+
+    /// The payloads of a namespace's records that are not superseded, by object name.
+    async fn list_payloads(&self, driver: Driver, namespace: &str) -> Option<HashMap<String, (Option<String>, Vec<u8>)>> {
+        let selector = format!("{OWNER_SELECTOR},status!=superseded");
+        let (url, params) = match driver {
+            Driver::Secret => (self.api::<Secret>(Some(namespace)).resource_url().to_string(), ListParams::default().labels(&selector).fields(&format!("type={SECRET_TYPE}"))),
+            Driver::ConfigMap => (self.api::<ConfigMap>(Some(namespace)).resource_url().to_string(), ListParams::default().labels(&selector)),
+        };
+        let keep = |item: &str| {
+            let r: ListedRecord = serde_json::from_str(item).ok()?;
+            let text = r.data.release?;
+            // A Secret's data is base64 in the API (Helm's own base64 text inside it); a
+            // ConfigMap's is the text itself.
+            let payload = match driver {
+                Driver::Secret => base64::engine::general_purpose::STANDARD.decode(text).ok()?,
+                Driver::ConfigMap => text.into_bytes(),
+            };
+            Some((r.metadata.name, (r.metadata.uid, payload)))
+        };
+        list_pages(&self.client, &url, params, || {}, keep).await
+    }
+
+    /// One record's payload by GET.
+    async fn get_payload(&self, record: &RecordMeta) -> Result<Vec<u8>, StorageError> {
         let get_err = |source| StorageError::Get {
             driver: record.driver,
             namespace: record.namespace.clone(),

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -15,6 +14,7 @@ use kube::Client;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use super::listing::{Listings, list_pages};
 use crate::drift::OpenApiSchema;
 
 /// A kind as the API serves it.
@@ -75,48 +75,12 @@ pub struct Resolver {
     requests: AtomicUsize,
     /// Live reads from the API server's watch cache (`resourceVersion=0`) instead of etcd.
     cached_reads: bool,
-    /// Listings of a kind in a namespace that serve [`Resolver::read_live`], by (resource, namespace).
-    listings: std::sync::Mutex<HashMap<(String, Option<String>), Arc<Listing>>>,
+    /// Listings of a kind in a namespace that serve [`Resolver::read_live`], by resource and
+    /// namespace: each object as the API server's JSON (compact: parsed when taken).
+    listings: Listings<Box<str>>,
 }
 
-/// How long one listing of a kind in a namespace serves reads. Each listed object is handed
-/// out once (a second read of it is a GET: fresh), and what nobody asked for within this time
-/// is dropped with the listing.
-pub const LISTING_TTL: Duration = Duration::from_secs(10);
-/// Objects per page of a listing.
-pub const LIST_PAGE: u32 = 500;
-
-/// One kind in one namespace as a scan reads it: the first object asked for is read by GET
-/// (a single re-check reads one object), the second makes the listing, which serves the rest.
-struct Listing {
-    since: Instant,
-    asked: AtomicUsize,
-    /// Each object as the API server's JSON, by name (compact: parsed when taken). `None` when
-    /// the listing failed: its objects are read one by one, each with its own answer.
-    objects: tokio::sync::OnceCell<Option<std::sync::Mutex<HashMap<String, Box<str>>>>>,
-}
-
-impl Listing {
-    /// Whether it may still serve reads ([`LISTING_TTL`]).
-    fn fresh(&self, now: Instant) -> bool {
-        now.duration_since(self.since) < LISTING_TTL
-    }
-}
-
-/// One page of a LIST answer, its items kept as text.
-#[derive(serde::Deserialize)]
-struct Page<'a> {
-    #[serde(borrow)]
-    items: Vec<&'a serde_json::value::RawValue>,
-    #[serde(default)]
-    metadata: PageMeta,
-}
-
-#[derive(Default, serde::Deserialize)]
-struct PageMeta {
-    #[serde(rename = "continue", default)]
-    continue_: Option<String>,
-}
+pub use super::listing::{LIST_PAGE, LISTING_TTL};
 
 #[derive(serde::Deserialize)]
 struct Named {
@@ -140,7 +104,7 @@ impl Resolver {
             kinds: std::sync::Mutex::new(HashMap::new()),
             requests: AtomicUsize::new(0),
             cached_reads: false,
-            listings: std::sync::Mutex::new(HashMap::new()),
+            listings: Listings::default(),
         }
     }
 
@@ -277,8 +241,7 @@ impl Resolver {
     /// Drops the listings older than [`LISTING_TTL`] (reads drop them too, but after a scan
     /// none may come for a long time: what nobody asked for would stay).
     pub fn drop_stale_listings(&self) {
-        let now = Instant::now();
-        self.listings.lock().expect("listings").retain(|_, l| l.fresh(now));
+        self.listings.drop_stale();
     }
 
     /// The live object as a scan reads it, or None when it does not exist. The first object of
@@ -291,19 +254,11 @@ impl Resolver {
     /// heal), use [`Resolver::get_live`].
     pub async fn read_live(&self, kind: &ResolvedKind, namespace: Option<&str>, name: &str, current: &(dyn Fn(&Value) -> bool + Sync)) -> Result<Option<Value>, ResolveError> {
         let namespace = namespace.filter(|_| kind.namespaced);
-        let listing = {
-            let now = Instant::now();
-            let mut listings = self.listings.lock().expect("listings");
-            listings.retain(|_, l| l.fresh(now));
-            let key = (format!("{}/{}", kind.resource.api_version, kind.resource.plural), namespace.map(str::to_string));
-            listings.entry(key).or_insert_with(|| Arc::new(Listing { since: now, asked: AtomicUsize::new(0), objects: tokio::sync::OnceCell::new() })).clone()
-        };
-        if listing.asked.fetch_add(1, Ordering::SeqCst) == 0 {
+        let scope = format!("{}/{} {}", kind.resource.api_version, kind.resource.plural, namespace.unwrap_or(""));
+        let Some(listing) = self.listings.ask(scope) else {
             return self.get_live(kind, namespace, name).await;
-        }
-        let listed = listing.objects.get_or_init(|| self.list_all(kind, namespace)).await;
-        let taken = listed.as_ref().and_then(|objects| objects.lock().expect("listing").remove(name));
-        if let Some(text) = taken {
+        };
+        if let Some(text) = listing.take(name, || self.list_all(kind, namespace)).await {
             if let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(&text) {
                 // A list's items carry no apiVersion and kind; a GET's do.
                 object.insert("apiVersion".into(), Value::String(kind.resource.api_version.clone()));
@@ -319,37 +274,15 @@ impl Resolver {
 
     /// Every object of a kind in a namespace (or the cluster), page by page, as text by name.
     /// None when a page could not be read (the caller reads object by object instead).
-    async fn list_all(&self, kind: &ResolvedKind, namespace: Option<&str>) -> Option<std::sync::Mutex<HashMap<String, Box<str>>>> {
+    async fn list_all(&self, kind: &ResolvedKind, namespace: Option<&str>) -> Option<HashMap<String, Box<str>>> {
         let api = self.api(kind, namespace);
         // Helm's own release records are Secrets too, each with a whole chart in it: never
         // in a manifest, left out of the listing.
         let skip_records = (kind.resource.group.is_empty() && kind.resource.kind == "Secret").then(|| format!("type!={}", crate::helm::records::SECRET_TYPE));
-        let first = ListParams { field_selector: skip_records.clone(), ..ListParams::default().limit(LIST_PAGE) };
-        let mut params = if self.cached_reads { first.match_any() } else { first };
-        let mut objects = HashMap::new();
-        loop {
-            self.count();
-            let request = kube::core::Request::new(api.resource_url()).list(&params).ok()?;
-            let text = match self.client.request_text(request).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(kind = kind.resource.kind, namespace, error = %e, "cannot list; reading objects one by one");
-                    return None;
-                }
-            };
-            let page: Page = serde_json::from_str(&text).ok()?;
-            for item in page.items {
-                if let Ok(named) = serde_json::from_str::<Named>(item.get()) {
-                    objects.insert(named.metadata.name, Box::from(item.get()));
-                }
-            }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                // A continued list names no resourceVersion (the token carries it).
-                Some(token) => params = ListParams { continue_token: Some(token), field_selector: skip_records.clone(), ..ListParams::default().limit(LIST_PAGE) },
-                None => break,
-            }
-        }
-        Some(std::sync::Mutex::new(objects))
+        let params = ListParams { field_selector: skip_records, ..ListParams::default() };
+        let params = if self.cached_reads { params.match_any() } else { params };
+        let keep = |item: &str| serde_json::from_str::<Named>(item).ok().map(|n| (n.metadata.name, Box::from(item)));
+        list_pages(&self.client, &api.resource_url(), params, || self.count(), keep).await
     }
 
     /// What the object would be after a server-side apply of `desired` (dry-run: nothing is

@@ -522,6 +522,7 @@ mod tests {
             labels: Default::default(),
             created_at: None,
             modified_at: None,
+            uid: None,
         }
     }
 

@@ -236,6 +236,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
             };
             idle_since = if idle { idle_since.or_else(|| Some(std::time::Instant::now())) } else { None };
             me.resolver.drop_stale_listings();
+            me.store.drop_stale_listings();
             let idle_for = idle_since.map(|t: std::time::Instant| t.elapsed());
             if queue::trim_due(idle_for, crate::cluster::resolve::LISTING_TTL, finished - trimmed.0, trimmed.1.elapsed()) {
                 crate::memory::give_back_freed();

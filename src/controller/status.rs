@@ -322,6 +322,7 @@ pub(super) mod tests {
             labels: Default::default(),
             created_at: None,
             modified_at: None,
+            uid: None,
         };
         ReleaseHistory { namespace: "prod".into(), name: "shop".into(), driver: Driver::Secret, revisions: vec![rec] }
     }

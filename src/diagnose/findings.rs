@@ -260,6 +260,7 @@ mod tests {
                     labels: Default::default(),
                     created_at: *at,
                     modified_at: None,
+                    uid: None,
                 })
                 .collect(),
         }

@@ -49,6 +49,9 @@ pub struct RecordMeta {
     /// `createdAt` / `modifiedAt` labels (unix seconds), when present.
     pub created_at: Option<i64>,
     pub modified_at: Option<i64>,
+    /// The storage object's uid: a record deleted and written again under its name (an
+    /// uninstall, then an install) is another record.
+    pub uid: Option<String>,
 }
 
 /// Why an object that looks like Helm storage is not a usable record.
@@ -93,6 +96,7 @@ impl RecordMeta {
             status,
             created_at: stamp("createdAt"),
             modified_at: stamp("modifiedAt"),
+            uid: meta.uid.clone(),
             labels: labels
                 .iter()
                 .filter(|(k, _)| !SYSTEM_LABELS.contains(&k.as_str()))

@@ -33,7 +33,7 @@ use crate::helm::records::{OWNER_SELECTOR, SECRET_TYPE};
 use crate::metrics::Metrics;
 use index::{Index, KindKey, ReleaseKey};
 use policy::{CompiledPolicy, Tenancy};
-use queue::{Settled, WorkQueue};
+use queue::{Lane, Settled, WorkQueue};
 use writer::{Leadership, Writer};
 
 pub const REPORTING_CONTROLLER: &str = "driftwatch.io/controller";
@@ -86,7 +86,9 @@ pub struct Controller {
     /// Kinds whose live objects are watched.
     watched_kinds: Mutex<HashSet<KindKey>>,
     queue: Mutex<WorkQueue<Work>>,
+    /// The workers' two lanes ([`queue::Lane`]): changes, then full passes.
     sender: mpsc::UnboundedSender<Work>,
+    later: mpsc::UnboundedSender<Work>,
 }
 
 impl Controller {
@@ -116,20 +118,36 @@ impl Controller {
     }
 
     fn enqueue(&self, w: Work) {
+        self.enqueue_on(w, Lane::Now);
+    }
+
+    fn enqueue_on(&self, w: Work, lane: Lane) {
         // Another controller may own the rest of the cluster: never act outside our namespaces.
         if let Work::Release(ns, _) = &w {
             if !self.covers(ns) {
                 return;
             }
         }
-        if self.queue.lock().expect("queue lock").add(w.clone()) {
-            let _ = self.sender.send(w);
-        }
+        let send = self.queue.lock().expect("queue lock").add(w.clone(), lane);
+        let _ = match send {
+            Some(Lane::Now) => self.sender.send(w),
+            Some(Lane::Later) => self.later.send(w),
+            None => Ok(()),
+        };
     }
 
+    /// Releases a watch saw change: checked before any full pass's.
     fn enqueue_releases(&self, keys: impl IntoIterator<Item = ReleaseKey>) {
         for (ns, name) in keys {
             self.enqueue(Work::Release(ns, name));
+        }
+    }
+
+    /// Releases of a full pass (the cold scan, the periodic re-check, a re-list's): after the
+    /// changes.
+    fn enqueue_pass(&self, keys: impl IntoIterator<Item = ReleaseKey>) {
+        for (ns, name) in keys {
+            self.enqueue_on(Work::Release(ns, name), Lane::Later);
         }
     }
 
@@ -145,7 +163,10 @@ impl Controller {
     /// Runs one unit of work from the queue and settles it there.
     async fn work(self: &Arc<Self>, w: Work) {
         use futures::FutureExt as _;
-        self.queue.lock().expect("queue lock").start(&w);
+        if !self.queue.lock().expect("queue lock").start(&w) {
+            // A stale copy from the other lane: it ran already, or is running.
+            return;
+        }
         // A panic in one reconcile must not wedge its key (in flight for ever): it is logged,
         // the key is released and retried with backoff.
         let settled = std::panic::AssertUnwindSafe(self.reconcile(&w)).catch_unwind().await.unwrap_or_else(|_| {
@@ -166,6 +187,7 @@ impl Controller {
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, ready: Arc<AtomicBool>, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let (sender, mut receiver) = mpsc::unbounded_channel();
+    let (later, mut later_receiver) = mpsc::unbounded_channel();
     let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTING_CONTROLLER.into(), instance: Some(settings.identity.clone()) });
     let leadership = Leadership::new(settings.leader_elect);
     let ctl = Arc::new(Controller {
@@ -185,6 +207,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         watched_kinds: Mutex::new(HashSet::new()),
         queue: Mutex::new(WorkQueue::default()),
         sender,
+        later,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
@@ -249,8 +272,15 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     let me = ctl.clone();
     tasks.spawn(async move {
         let permits = Arc::new(Semaphore::new(me.settings.concurrency.max(1)));
-        while let Some(w) = receiver.recv().await {
+        loop {
+            // A free worker takes a change before a full pass's release.
             let permit = permits.clone().acquire_owned().await.expect("semaphore open");
+            let w = tokio::select! {
+                biased;
+                Some(w) = receiver.recv() => w,
+                Some(w) = later_receiver.recv() => w,
+                else => break,
+            };
             let me = me.clone();
             tokio::spawn(async move {
                 me.work(w).await;

@@ -1,7 +1,10 @@
 //! The work queue: each key at most once pending and once in flight; a key added while in
 //! flight is marked dirty and runs again when it finishes; a failed run comes back after a
-//! growing delay, a done one forgets its failures. Pure bookkeeping: the caller sends what
-//! `add` admits to its workers and sleeps what `finish` asks for.
+//! growing delay, a done one forgets its failures. Two lanes: what a watch saw change goes
+//! [`Lane::Now`], ahead of a full pass's thousands of unchanged releases ([`Lane::Later`]), so
+//! an edit is not checked after the whole fleet. Pure bookkeeping: the caller sends what `add`
+//! admits to its workers on the lane it names, takes `Now` first, and sleeps what `finish`
+//! asks for.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -29,9 +32,20 @@ pub struct After {
     pub retry: Option<(Duration, u32)>,
 }
 
+/// Which of the workers' two channels a key is sent on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// A change to look at: before anything on `Later`.
+    Now,
+    /// A full pass (the cold scan, the periodic re-check).
+    Later,
+}
+
 #[derive(Debug)]
 pub struct WorkQueue<W> {
     pending: HashSet<W>,
+    /// The pending keys sent on [`Lane::Later`] only.
+    later: HashSet<W>,
     in_flight: HashSet<W>,
     dirty: HashSet<W>,
     attempts: HashMap<W, u32>,
@@ -41,26 +55,38 @@ pub struct WorkQueue<W> {
 
 impl<W> Default for WorkQueue<W> {
     fn default() -> Self {
-        WorkQueue { pending: HashSet::new(), in_flight: HashSet::new(), dirty: HashSet::new(), attempts: HashMap::new(), finished: 0 }
+        WorkQueue { pending: HashSet::new(), later: HashSet::new(), in_flight: HashSet::new(), dirty: HashSet::new(), attempts: HashMap::new(), finished: 0 }
     }
 }
 
 impl<W: Clone + Eq + Hash> WorkQueue<W> {
-    /// Adds a key; true when the caller must send it to the workers (it was neither pending
-    /// nor in flight).
-    pub fn add(&mut self, w: W) -> bool {
+    /// Adds a key on a lane; the lane the caller must send it on, if any: when it was neither
+    /// pending nor in flight, or when it waits on `Later` and is now wanted `Now` (sent again;
+    /// the copy left on `Later` is stale, see [`WorkQueue::start`]).
+    pub fn add(&mut self, w: W, lane: Lane) -> Option<Lane> {
         if self.in_flight.contains(&w) {
             self.dirty.insert(w);
-            false
+            None
+        } else if self.pending.contains(&w) {
+            (lane == Lane::Now && self.later.remove(&w)).then_some(Lane::Now)
         } else {
-            self.pending.insert(w)
+            if lane == Lane::Later {
+                self.later.insert(w.clone());
+            }
+            self.pending.insert(w);
+            Some(lane)
         }
     }
 
-    /// A worker takes the key.
-    pub fn start(&mut self, w: &W) {
-        self.pending.remove(w);
+    /// A worker takes the key; false when it is not pending (a stale copy from the other lane:
+    /// it ran already or is running), and the worker drops it.
+    pub fn start(&mut self, w: &W) -> bool {
+        if !self.pending.remove(w) {
+            return false;
+        }
+        self.later.remove(w);
         self.in_flight.insert(w.clone());
+        true
     }
 
     /// A worker is done with the key.
@@ -78,7 +104,7 @@ impl<W: Clone + Eq + Hash> WorkQueue<W> {
                 Some((retry_delay(*attempt), *attempt))
             }
         };
-        let again = self.dirty.remove(w) && self.add(w.clone());
+        let again = self.dirty.remove(w) && self.add(w.clone(), Lane::Now).is_some();
         After { again, retry }
     }
 
@@ -121,16 +147,38 @@ mod tests {
     #[test]
     fn a_key_is_pending_once_and_runs_again_if_added_while_running() {
         let mut q = WorkQueue::default();
-        assert!(q.add("a"));
-        assert!(!q.add("a"), "already pending: not sent twice");
-        q.start(&"a");
-        assert!(!q.add("a"), "in flight: marked dirty, not sent");
-        assert!(!q.add("a"));
+        assert_eq!(q.add("a", Lane::Now), Some(Lane::Now));
+        assert_eq!(q.add("a", Lane::Now), None, "already pending: not sent twice");
+        assert!(q.start(&"a"));
+        assert_eq!(q.add("a", Lane::Now), None, "in flight: marked dirty, not sent");
+        assert_eq!(q.add("a", Lane::Later), None);
         assert_eq!(q.finish(&"a", Settled::Done), After { again: true, retry: None });
-        q.start(&"a");
+        assert!(q.start(&"a"));
         assert_eq!(q.finish(&"a", Settled::Done), After { again: false, retry: None });
         assert!(q.is_empty());
-        assert!(q.add("a"), "finished: can be sent again");
+        assert_eq!(q.add("a", Lane::Now), Some(Lane::Now), "finished: can be sent again");
+    }
+
+    #[test]
+    fn a_change_overtakes_a_full_pass() {
+        let mut q = WorkQueue::default();
+        for k in ["a", "b", "c"] {
+            assert_eq!(q.add(k, Lane::Later), Some(Lane::Later));
+        }
+        assert_eq!(q.add("b", Lane::Later), None, "pending on Later already");
+        assert_eq!(q.add("b", Lane::Now), Some(Lane::Now), "a change to a key of the pass: sent again, on Now");
+        assert_eq!(q.add("b", Lane::Now), None, "once");
+        assert_eq!(q.add("d", Lane::Now), Some(Lane::Now));
+        // The workers take Now first: b, d; then the pass: a, b (stale: dropped), c.
+        assert!(q.start(&"b"));
+        q.finish(&"b", Settled::Done);
+        assert!(q.start(&"d"));
+        assert!(q.start(&"a"));
+        assert!(!q.start(&"b"), "b's copy on Later is stale: it ran");
+        assert!(q.start(&"c"));
+        assert_eq!(q.len(), 3, "d, a and c in flight");
+        assert_eq!(q.add("a", Lane::Now), None, "in flight: dirty");
+        assert!(q.finish(&"a", Settled::Done).again, "and runs again at once");
     }
 
     #[test]
@@ -143,10 +191,10 @@ mod tests {
         assert!(trim_due(Some(m), ten, 3, m), "a few edits, a minute later");
         assert!(!trim_due(Some(m), ten, 0, m), "nothing ran: nothing to give back (idle costs nothing)");
         let mut q = WorkQueue::default();
-        q.add("a");
+        q.add("a", Lane::Now);
         q.start(&"a");
         q.finish(&"a", Settled::Retry);
-        q.add("b");
+        q.add("b", Lane::Now);
         q.start(&"b");
         q.finish(&"b", Settled::Done);
         assert_eq!(q.finished(), 2, "failed runs count: they allocated too");
@@ -157,19 +205,19 @@ mod tests {
         let mut q = WorkQueue::default();
         let mut delays = Vec::new();
         for _ in 0..3 {
-            q.add("r");
+            q.add("r", Lane::Now);
             q.start(&"r");
             delays.push(q.finish(&"r", Settled::Retry).retry.map(|(d, n)| (d.as_secs(), n)));
         }
         assert_eq!(delays, vec![Some((1, 1)), Some((2, 2)), Some((4, 3))]);
-        q.add("r");
+        q.add("r", Lane::Now);
         q.start(&"r");
         assert_eq!(q.finish(&"r", Settled::Done).retry, None);
-        q.add("r");
+        q.add("r", Lane::Now);
         q.start(&"r");
         assert_eq!(q.finish(&"r", Settled::Retry).retry, Some((Duration::from_secs(1), 1)), "a success resets the backoff");
         // Other keys have their own count.
-        q.add("s");
+        q.add("s", Lane::Now);
         q.start(&"s");
         assert_eq!(q.finish(&"s", Settled::Retry).retry, Some((Duration::from_secs(1), 1)));
     }

@@ -134,15 +134,15 @@ impl Controller {
                     Err(_) => Vec::new(),
                 }
             };
-            self.enqueue_releases(keys.into_iter().filter(|k| !releases.contains(k)));
+            self.enqueue_pass(keys.into_iter().filter(|k| !releases.contains(k)));
         }
         if seed {
             self.index().seeded = listed_all;
         }
         // Releases whose objects are stamped and that have no record: lost (LostRecords).
         let lost: Vec<ReleaseKey> = self.index().stamped_releases().into_iter().filter(|k| !releases.contains(k) && self.covers(&k.0)).collect();
-        self.enqueue_releases(lost);
-        self.enqueue_releases(releases);
+        self.enqueue_pass(lost);
+        self.enqueue_pass(releases);
         self.enqueue(Work::PolicyStatus);
     }
 

@@ -107,7 +107,7 @@ impl Controller {
                     index.records.listed += 1;
                 } else {
                     drop(index);
-                    self.enqueue_releases(changed);
+                    self.enqueue_pass(changed);
                 }
             }
             Change::Applied((record, _)) => {
@@ -165,7 +165,7 @@ impl Controller {
                 counted = n;
                 let listing = objects.into_iter().filter_map(|(id, helm)| Some((id?, helm?))).map(|(id, (token, release))| (id, token, release)).collect();
                 let stale = self.index().live_listed(&kind, scope.as_deref(), listing);
-                self.enqueue_releases(stale);
+                self.enqueue_pass(stale);
             }
             Change::Applied((id, helm)) => {
                 let Some(id) = id else { return };

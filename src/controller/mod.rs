@@ -151,6 +151,12 @@ impl Controller {
         }
     }
 
+    /// The policies' status (counts over every release they select): on the `Later` lane, so
+    /// a pass writes it once, after its releases, not once per report it writes.
+    fn enqueue_policy_status(&self) {
+        self.enqueue_on(Work::PolicyStatus, Lane::Later);
+    }
+
     /// Adds work after a delay (a retry, a grace period or a rate limit ending).
     fn enqueue_after(self: &Arc<Self>, w: Work, delay: Duration) {
         let me = Arc::clone(self);

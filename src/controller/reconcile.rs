@@ -143,7 +143,7 @@ impl Controller {
         let lost: Vec<ReleaseKey> = self.index().stamped_releases().into_iter().filter(|k| !releases.contains(k) && self.covers(&k.0)).collect();
         self.enqueue_pass(lost);
         self.enqueue_pass(releases);
-        self.enqueue(Work::PolicyStatus);
+        self.enqueue_policy_status();
     }
 
     /// The one policy for the whole reconcile, chosen with the chart known: from the last
@@ -341,7 +341,7 @@ impl Controller {
             Ok(Sent::Written) => {
                 self.index().wrote(key.clone(), decision.memo, false);
                 if decision.policy_counts_change {
-                    self.enqueue(Work::PolicyStatus);
+                    self.enqueue_policy_status();
                 }
                 Ok(true)
             }
@@ -365,7 +365,7 @@ impl Controller {
             return Settled::Retry;
         }
         if had {
-            self.enqueue(Work::PolicyStatus);
+            self.enqueue_policy_status();
         }
         Settled::Done
     }

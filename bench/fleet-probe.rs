@@ -68,6 +68,10 @@ struct Args {
     /// releases the timed edits do not touch (each a real change the controller must check).
     #[arg(long, default_value_t = 0.0)]
     churn: f64,
+    /// After the other phases: a cold start split over this many controllers, each watching its
+    /// share of the namespaces (docs/SCALING.md's shards by namespace, without the leases).
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -148,6 +152,22 @@ fn requests_json(d: &Requests) -> Value {
 
 fn clk_tck() -> f64 {
     std::process::Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100.0)
+}
+
+/// The controller's release checks so far (`driftwatch_checks_total`, every result), from its
+/// metrics endpoint; 0 when it cannot be read.
+async fn controller_checks() -> f64 {
+    let text = tokio::task::spawn_blocking(|| {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:26880").ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).ok()?;
+        Some(body)
+    });
+    let text = text.await.ok().flatten().unwrap_or_default();
+    text.lines().filter(|l| l.starts_with("driftwatch_checks_total{")).filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).sum()
 }
 
 /// utime+stime of a process, in seconds.
@@ -380,6 +400,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(10)).await;
             log(&format!("idle: {} s with nothing changing", args.idle_seconds));
             let before = requests(&client).await?;
+            let checks0 = controller_checks().await;
             let cpu0 = cpu_seconds(pid, tck);
             let idle_from = t0.elapsed().as_secs_f64();
             let i0 = Instant::now();
@@ -387,17 +408,18 @@ async fn main() -> anyhow::Result<()> {
             let secs = i0.elapsed().as_secs_f64();
             let cpu = cpu_seconds(pid, tck) - cpu0;
             let after = requests(&client).await?;
+            let idle_checks = controller_checks().await - checks0;
             let idle_req = delta(&before, &after);
             let samples: Vec<f64> = sampler.samples.lock().expect("samples").iter().filter(|(t, _)| *t >= idle_from).map(|(_, m)| *m).collect();
             let steady = samples.iter().sum::<f64>() / samples.len().max(1) as f64;
             let steady_max = samples.iter().cloned().fold(0.0, f64::max);
             let pct = 100.0 * cpu / secs;
             log(&format!("idle: CPU {pct:.2}% of a core, RSS {steady:.1} MiB, {} API requests", total(&idle_req)));
-            rows.push((format!("controller CPU, idle {:.0} s", secs), format!("{pct:.2}% of one core ({cpu:.2} s)"), "< 2%".into()));
+            rows.push((format!("controller CPU, idle {:.0} s", secs), format!("{pct:.2}% of one core ({cpu:.2} s; {idle_checks:.0} release checks)"), "< 2%".into()));
             rows.push(("controller RSS, steady (idle mean / max)".into(), format!("{steady:.1} / {steady_max:.1} MiB"), "< 150 MiB".into()));
             rows.push((format!("API requests, idle {:.0} s (all clients)", secs), format!("{}", total(&idle_req)), "watches only".into()));
             detail.push_str(&requests_md(&format!("Idle {secs:.0} s (every client of the API server, kube-controller-manager included)"), &idle_req));
-            j["idle"] = json!({"seconds": secs, "controllerCpuSeconds": cpu, "cpuPercentOfOneCore": pct, "rssMiBMean": steady, "rssMiBMax": steady_max, "requests": requests_json(&idle_req)});
+            j["idle"] = json!({"seconds": secs, "controllerCpuSeconds": cpu, "cpuPercentOfOneCore": pct, "checks": idle_checks, "rssMiBMean": steady, "rssMiBMax": steady_max, "requests": requests_json(&idle_req)});
         }
         let peak = status_kib(pid, "VmHWM:").unwrap_or(0.0) / 1024.0;
 
@@ -510,6 +532,67 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(args.out.join("rss.tsv"), samples.iter().map(|(t, m)| format!("{t:.1}\t{m:.1}\n")).collect::<String>())?;
     }
     let _ = controller_pid;
+
+    // ---- 4b. shards by namespace ------------------------------------------------------
+    // A measured simulation of docs/SCALING.md's split: S controllers at once, controller k
+    // watching the namespaces fleet-i with i mod S = k (--watch-namespaces), from no reports to
+    // every report Ready; each one's CPU, peak and steady RSS.
+    if args.shards > 1 {
+        let shards = args.shards;
+        log(&format!("shards: a cold start over {shards} controllers, each watching its namespaces"));
+        for i in 0..args.namespaces {
+            let api: Api<DriftReport> = Api::namespaced(client.clone(), &format!("fleet-{i:02}"));
+            let _ = api.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
+        }
+        if !wait_until(&reports, &notify, Duration::from_secs(120), |r| r.by_key.keys().all(|(ns, _)| !fleet_ns(ns))).await {
+            bail!("old DriftReports did not go away");
+        }
+        set_policy(&client, "Detect").await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = requests(&client).await?;
+        let t0 = Instant::now();
+        let mut children = Vec::new();
+        for k in 0..shards {
+            let namespaces: Vec<String> = (0..args.namespaces).filter(|i| i % shards == k).map(|i| format!("fleet-{i:02}")).collect();
+            let logfile = std::fs::File::create(args.out.join(format!("shard-{k}.log")))?;
+            let child = tokio::process::Command::new(&args.driftwatch)
+                .args(["run", "--metrics-addr", &format!("127.0.0.1:{}", 26882 + 2 * k), "--health-addr", &format!("127.0.0.1:{}", 26883 + 2 * k)])
+                .args(["--watch-namespaces", &namespaces.join(",")])
+                .env("POD_NAMESPACE", "driftwatch-system")
+                .env("POD_NAME", format!("shard-{k}"))
+                .stdout(Stdio::null())
+                .stderr(logfile)
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a shard's controller")?;
+            children.push(child);
+        }
+        let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+        let n = args.n;
+        let done = wait_until(&reports, &notify, Duration::from_secs(600), |r| r.by_key.iter().filter(|((ns, _), (ready, _))| fleet_ns(ns) && *ready).count() >= n).await;
+        let cold = t0.elapsed().as_secs_f64();
+        let cpu: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p, tck)).collect();
+        let req = delta(&before, &requests(&client).await?);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let steady: Vec<f64> = pids.iter().map(|p| status_kib(*p, "VmRSS:").unwrap_or(0.0) / 1024.0).collect();
+        let peak: Vec<f64> = pids.iter().map(|p| status_kib(*p, "VmHWM:").unwrap_or(0.0) / 1024.0).collect();
+        for p in &pids {
+            let _ = std::process::Command::new("kill").arg(p.to_string()).status();
+        }
+        for mut c in children {
+            let _ = tokio::time::timeout(Duration::from_secs(120), c.wait()).await;
+        }
+        let list = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(" / ");
+        log(&format!("shards: {cold:.1} s, {} API requests", total(&req)));
+        rows.push((
+            format!("{shards} shards by namespace: cold start → every report Ready"),
+            format!("{cold:.1} s{}; controller CPU {} s; RSS steady {} MiB, peak {} MiB", if done { "" } else { " (not all Ready)" }, list(&cpu), list(&steady), list(&peak)),
+            "".into(),
+        ));
+        rows.push((format!("API requests, {shards} shards' cold scan (all clients)"), format!("{}", total(&req)), "".into()));
+        detail.push_str(&requests_md(&format!("{shards} shards' cold scan"), &req));
+        j["shards"] = json!({"shards": shards, "seconds": cold, "allReady": done, "controllerCpuSeconds": cpu, "rssMiBSteady": steady, "rssMiBPeak": peak, "requests": requests_json(&req)});
+    }
 
     // ---- 5. the helm-diff loop ----------------------------------------------------------
     let mut diff_pass = None;

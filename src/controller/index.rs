@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kube::api::ObjectMeta;
+use serde_json::Value;
 
 use crate::helm::{Driver, RecordMeta, ReleaseStatus};
 use crate::drift::ObjectState;
@@ -140,8 +141,27 @@ pub fn helm_object(kind: &KindKey, meta: &ObjectMeta) -> Option<(ObjectId, Chang
     }
     let release = (ann.get("meta.helm.sh/release-namespace")?.clone(), ann.get("meta.helm.sh/release-name")?.clone());
     let id = (meta.namespace.clone().unwrap_or_default(), meta.name.clone()?);
-    let token = crate::check::change_token(&kind.0, &kind.1, &serde_json::to_value(meta).unwrap_or_default());
-    Some((id, token, release))
+    Some((id, meta_token(kind, meta), release))
+}
+
+/// [`crate::check::change_token`] of an object's metadata as a watch gives it: the same token
+/// its JSON gives (a read is matched against it), from the fields the token covers only (the
+/// metadata's managed fields, the bulk of it, are not turned into JSON for every event).
+fn meta_token(kind: &KindKey, meta: &ObjectMeta) -> ChangeToken {
+    let mut m = serde_json::Map::new();
+    let mut put = |key: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(key.to_string(), v);
+        }
+    };
+    put("generation", meta.generation.map(Value::from));
+    put("resourceVersion", meta.resource_version.clone().map(Value::from));
+    put("labels", meta.labels.as_ref().and_then(|v| serde_json::to_value(v).ok()));
+    put("annotations", meta.annotations.as_ref().and_then(|v| serde_json::to_value(v).ok()));
+    put("finalizers", meta.finalizers.as_ref().and_then(|v| serde_json::to_value(v).ok()));
+    put("ownerReferences", meta.owner_references.as_ref().and_then(|v| serde_json::to_value(v).ok()));
+    put("deletionTimestamp", meta.deletion_timestamp.as_ref().and_then(|v| serde_json::to_value(v).ok()));
+    crate::check::change_token(&kind.0, &kind.1, &Value::Object(m))
 }
 
 /// One release's last report and what it was made against: the reference revision, the policy
@@ -730,6 +750,21 @@ mod tests {
         let (id, token, release) = helm_object(&deployments(), &meta).unwrap();
         assert_eq!((id, release), (key("shop", "web"), key("shop", "web")));
         assert_eq!(token, crate::check::change_token("apps/v1", "Deployment", &serde_json::to_value(&meta).unwrap()));
+        // Every field the token covers, and managed fields it does not: the watch's token is the
+        // one the object's JSON (a GET, a listing) gives, for the generation rule and the
+        // resourceVersion rule.
+        let full: ObjectMeta = serde_json::from_value(serde_json::json!({
+            "name": "web", "namespace": "shop", "generation": 3, "resourceVersion": "4711", "uid": "u",
+            "labels": {"b": "2", "a": "1"}, "annotations": {"meta.helm.sh/release-name": "web", "meta.helm.sh/release-namespace": "shop"},
+            "finalizers": ["x/y"], "deletionTimestamp": "2026-12-02T08:00:00Z",
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "1", "controller": true}],
+            "managedFields": [{"manager": "helm", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {}}}]
+        }))
+        .unwrap();
+        for kind in [deployments(), ("v1".to_string(), "ConfigMap".to_string())] {
+            let (_, token, _) = helm_object(&kind, &full).unwrap();
+            assert_eq!(token, crate::check::change_token(&kind.0, &kind.1, &serde_json::to_value(&full).unwrap()), "{kind:?}");
+        }
         // A hook is never a manifest object: not indexed (not an orphan, not a lost release's).
         meta.annotations.as_mut().unwrap().insert("helm.sh/hook".into(), "pre-upgrade".into());
         assert!(helm_object(&deployments(), &meta).is_none());

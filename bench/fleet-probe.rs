@@ -72,6 +72,9 @@ struct Args {
     /// share of the namespaces (docs/SCALING.md's shards by namespace, without the leases).
     #[arg(long, default_value_t = 1)]
     shards: usize,
+    /// The controller's `--workers` (0: its default).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -152,6 +155,11 @@ fn requests_json(d: &Requests) -> Value {
 
 fn clk_tck() -> f64 {
     std::process::Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100.0)
+}
+
+/// `--workers N` for the controller, when set.
+fn workers_arg(workers: usize) -> Vec<String> {
+    if workers > 0 { vec!["--workers".into(), workers.to_string()] } else { Vec::new() }
 }
 
 /// The controller's release checks so far (`driftwatch_checks_total`, every result), from its
@@ -368,6 +376,7 @@ async fn main() -> anyhow::Result<()> {
         let t0 = Instant::now();
         let mut child = tokio::process::Command::new(&args.driftwatch)
             .args(["run", "--metrics-addr", "127.0.0.1:26880", "--health-addr", "127.0.0.1:26881"])
+            .args(workers_arg(args.workers))
             .env("POD_NAMESPACE", "driftwatch-system")
             // A heap-profiling build (FLEET_HEAP=1) leaves dhat-heap.json with the results.
             .current_dir(&args.out)
@@ -558,6 +567,7 @@ async fn main() -> anyhow::Result<()> {
             let child = tokio::process::Command::new(&args.driftwatch)
                 .args(["run", "--metrics-addr", &format!("127.0.0.1:{}", 26882 + 2 * k), "--health-addr", &format!("127.0.0.1:{}", 26883 + 2 * k)])
                 .args(["--watch-namespaces", &namespaces.join(",")])
+                .args(workers_arg(args.workers))
                 .env("POD_NAMESPACE", "driftwatch-system")
                 .env("POD_NAME", format!("shard-{k}"))
                 .stdout(Stdio::null())

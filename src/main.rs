@@ -47,6 +47,10 @@ enum Command {
         /// no patch permission (a read-only install; the chart sets it unless heal is granted)
         #[arg(long)]
         no_confirm: bool,
+        /// Releases checked at once (each check's reads and report writes are API requests;
+        /// more at once keeps a busy API server's cores fed during a cold scan)
+        #[arg(long, default_value_t = driftwatch::controller::WORKERS)]
+        workers: usize,
     },
     /// One-shot drift check of a release, a namespace or the whole cluster
     Check {
@@ -278,8 +282,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let opts = CheckOpts { release, revision, output, detailed_exitcode, ignore_path, ignore_manager, policy, operations_as_drift, verbose, confirm: !no_confirm };
             check(namespace, all_namespaces, opts).await
         }
-        Command::Run { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, no_confirm } => {
-            run(RunOpts { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, confirm: !no_confirm }).await
+        Command::Run { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, no_confirm, workers } => {
+            run(RunOpts { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, confirm: !no_confirm, workers }).await
         }
         Command::Diagnose { release, namespace, output, rendered } => diagnose(release, namespace, output, rendered).await,
         Command::Unlock { release, namespace, yes, force, pending_timeout } => unlock(release, namespace, yes, force, pending_timeout).await,
@@ -308,6 +312,7 @@ struct RunOpts {
     watch_namespaces: Vec<String>,
     log_format: LogFormat,
     confirm: bool,
+    workers: usize,
 }
 
 async fn run(o: RunOpts) -> anyhow::Result<ExitCode> {
@@ -334,7 +339,7 @@ async fn run(o: RunOpts) -> anyhow::Result<ExitCode> {
         leader_elect: o.leader_elect,
         identity: identity.clone(),
         namespace,
-        concurrency: driftwatch::check::RELEASES_AT_ONCE,
+        concurrency: o.workers.max(1),
         confirm: o.confirm,
     };
     let client = client().await?;

@@ -38,6 +38,9 @@ use writer::{Leadership, Writer};
 
 pub const REPORTING_CONTROLLER: &str = "driftwatch.io/controller";
 
+/// Releases a controller checks at once by default (`driftwatch run --workers`).
+pub const WORKERS: usize = 8;
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub tenancy: Tenancy,

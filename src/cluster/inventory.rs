@@ -1,5 +1,7 @@
 //! Reads one cluster for `driftwatch inventory`: the record labels (a metadata LIST per driver,
-//! paginated) name each release's newest revision; one GET per release decodes its chart; with
+//! paginated) name each release's newest revision, whose payload decodes its chart (the first
+//! of a namespace by GET, the rest from one LIST of the namespace's records that are not
+//! superseded: [`crate::cluster::listing`]); with
 //! `--drifted`, one LIST of DriftReports (where the controller runs), else a drift check per
 //! release. Counts its requests. What the answer means is [`crate::inventory`]'s.
 

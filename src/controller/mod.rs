@@ -187,9 +187,11 @@ impl Controller {
             tracing::info!(work = ?w, attempt, delay_ms = delay.as_millis() as u64, "retrying later");
             self.enqueue_after(w.clone(), delay);
         }
-        if after.again {
-            let _ = self.sender.send(w);
-        }
+        let _ = match after.again {
+            Some(Lane::Now) => self.sender.send(w),
+            Some(Lane::Later) => self.later.send(w),
+            None => Ok(()),
+        };
     }
 }
 

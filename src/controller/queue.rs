@@ -26,8 +26,9 @@ pub fn retry_delay(attempt: u32) -> Duration {
 /// What to do once a run has finished.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct After {
-    /// Added again while it ran: send it to the workers now.
-    pub again: bool,
+    /// Added again while it ran: send it to the workers now, on this lane (`Now` if any of the
+    /// adds wanted it now).
+    pub again: Option<Lane>,
     /// Failed: add it again after this delay (and how many attempts failed in a row).
     pub retry: Option<(Duration, u32)>,
 }
@@ -47,7 +48,8 @@ pub struct WorkQueue<W> {
     /// The pending keys sent on [`Lane::Later`] only.
     later: HashSet<W>,
     in_flight: HashSet<W>,
-    dirty: HashSet<W>,
+    /// In flight and added again meanwhile, with the lane it was wanted on.
+    dirty: HashMap<W, Lane>,
     attempts: HashMap<W, u32>,
     /// Runs finished since the queue was made.
     finished: u64,
@@ -55,7 +57,7 @@ pub struct WorkQueue<W> {
 
 impl<W> Default for WorkQueue<W> {
     fn default() -> Self {
-        WorkQueue { pending: HashSet::new(), later: HashSet::new(), in_flight: HashSet::new(), dirty: HashSet::new(), attempts: HashMap::new(), finished: 0 }
+        WorkQueue { pending: HashSet::new(), later: HashSet::new(), in_flight: HashSet::new(), dirty: HashMap::new(), attempts: HashMap::new(), finished: 0 }
     }
 }
 
@@ -65,7 +67,10 @@ impl<W: Clone + Eq + Hash> WorkQueue<W> {
     /// the copy left on `Later` is stale, see [`WorkQueue::start`]).
     pub fn add(&mut self, w: W, lane: Lane) -> Option<Lane> {
         if self.in_flight.contains(&w) {
-            self.dirty.insert(w);
+            let wanted = self.dirty.entry(w).or_insert(lane);
+            if lane == Lane::Now {
+                *wanted = Lane::Now;
+            }
             None
         } else if self.pending.contains(&w) {
             (lane == Lane::Now && self.later.remove(&w)).then_some(Lane::Now)
@@ -104,7 +109,7 @@ impl<W: Clone + Eq + Hash> WorkQueue<W> {
                 Some((retry_delay(*attempt), *attempt))
             }
         };
-        let again = self.dirty.remove(w) && self.add(w.clone(), Lane::Now).is_some();
+        let again = self.dirty.remove(w).and_then(|lane| self.add(w.clone(), lane));
         After { again, retry }
     }
 
@@ -152,9 +157,9 @@ mod tests {
         assert!(q.start(&"a"));
         assert_eq!(q.add("a", Lane::Now), None, "in flight: marked dirty, not sent");
         assert_eq!(q.add("a", Lane::Later), None);
-        assert_eq!(q.finish(&"a", Settled::Done), After { again: true, retry: None });
+        assert_eq!(q.finish(&"a", Settled::Done), After { again: Some(Lane::Now), retry: None });
         assert!(q.start(&"a"));
-        assert_eq!(q.finish(&"a", Settled::Done), After { again: false, retry: None });
+        assert_eq!(q.finish(&"a", Settled::Done), After { again: None, retry: None });
         assert!(q.is_empty());
         assert_eq!(q.add("a", Lane::Now), Some(Lane::Now), "finished: can be sent again");
     }
@@ -178,7 +183,10 @@ mod tests {
         assert!(q.start(&"c"));
         assert_eq!(q.len(), 3, "d, a and c in flight");
         assert_eq!(q.add("a", Lane::Now), None, "in flight: dirty");
-        assert!(q.finish(&"a", Settled::Done).again, "and runs again at once");
+        assert_eq!(q.finish(&"a", Settled::Done).again, Some(Lane::Now), "and runs again at once");
+        // Added again while running by a pass only: runs again after the pass's others.
+        assert_eq!(q.add("c", Lane::Later), None);
+        assert_eq!(q.finish(&"c", Settled::Done).again, Some(Lane::Later));
     }
 
     #[test]

@@ -157,6 +157,21 @@ fn clk_tck() -> f64 {
     std::process::Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100.0)
 }
 
+/// Before a cold start: every fleet report deleted (and seen gone by the watch), the policy in
+/// `Detect`, two seconds for the API server to settle.
+async fn fresh_start(client: &Client, reports: &Mutex<Reports>, notify: &tokio::sync::Notify, namespaces: usize) -> anyhow::Result<()> {
+    for i in 0..namespaces {
+        let api: Api<DriftReport> = Api::namespaced(client.clone(), &format!("fleet-{i:02}"));
+        let _ = api.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
+    }
+    if !wait_until(reports, notify, Duration::from_secs(120), |r| r.by_key.keys().all(|(ns, _)| !fleet_ns(ns))).await {
+        bail!("old DriftReports did not go away");
+    }
+    set_policy(client, "Detect").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
 /// `--workers N` for the controller, when set.
 fn workers_arg(workers: usize) -> Vec<String> {
     if workers > 0 { vec!["--workers".into(), workers.to_string()] } else { Vec::new() }
@@ -362,15 +377,7 @@ async fn main() -> anyhow::Result<()> {
         log("cold start: deleting reports, starting the controller");
         let policies: Api<DriftPolicy> = Api::namespaced(client.clone(), "driftwatch-system");
         let _ = policies.delete("fleet", &DeleteParams::default()).await;
-        for i in 0..args.namespaces {
-            let api: Api<DriftReport> = Api::namespaced(client.clone(), &format!("fleet-{i:02}"));
-            let _ = api.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
-        }
-        if !wait_until(&reports, &notify, Duration::from_secs(120), |r| r.by_key.keys().all(|(ns, _)| !fleet_ns(ns))).await {
-            bail!("old DriftReports did not go away");
-        }
-        set_policy(&client, "Detect").await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        fresh_start(&client, &reports, &notify, args.namespaces).await?;
         let before = requests(&client).await?;
         let logfile = std::fs::File::create(args.out.join("controller.log"))?;
         let t0 = Instant::now();
@@ -549,15 +556,7 @@ async fn main() -> anyhow::Result<()> {
     if args.shards > 1 {
         let shards = args.shards;
         log(&format!("shards: a cold start over {shards} controllers, each watching its namespaces"));
-        for i in 0..args.namespaces {
-            let api: Api<DriftReport> = Api::namespaced(client.clone(), &format!("fleet-{i:02}"));
-            let _ = api.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
-        }
-        if !wait_until(&reports, &notify, Duration::from_secs(120), |r| r.by_key.keys().all(|(ns, _)| !fleet_ns(ns))).await {
-            bail!("old DriftReports did not go away");
-        }
-        set_policy(&client, "Detect").await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        fresh_start(&client, &reports, &notify, args.namespaces).await?;
         let before = requests(&client).await?;
         let t0 = Instant::now();
         let mut children = Vec::new();

@@ -164,7 +164,8 @@ async fn fresh_start(client: &Client, reports: &Mutex<Reports>, notify: &tokio::
         let api: Api<DriftReport> = Api::namespaced(client.clone(), &format!("fleet-{i:02}"));
         let _ = api.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
     }
-    if !wait_until(reports, notify, Duration::from_secs(120), |r| r.by_key.keys().all(|(ns, _)| !fleet_ns(ns))).await {
+    // Deleting 10,000 reports beside a busy API server takes minutes, not seconds.
+    if !wait_until(reports, notify, Duration::from_secs(900), |r| r.by_key.keys().all(|(ns, _)| !fleet_ns(ns))).await {
         bail!("old DriftReports did not go away");
     }
     set_policy(client, "Detect").await?;
@@ -177,9 +178,8 @@ fn workers_arg(workers: usize) -> Vec<String> {
     if workers > 0 { vec!["--workers".into(), workers.to_string()] } else { Vec::new() }
 }
 
-/// The controller's release checks so far (`driftwatch_checks_total`, every result), from its
-/// metrics endpoint; 0 when it cannot be read.
-async fn controller_checks() -> f64 {
+/// The controller's metrics page; empty when it cannot be read.
+async fn controller_metrics() -> String {
     let text = tokio::task::spawn_blocking(|| {
         use std::io::{Read as _, Write as _};
         let mut stream = std::net::TcpStream::connect("127.0.0.1:26880").ok()?;
@@ -189,8 +189,36 @@ async fn controller_checks() -> f64 {
         stream.read_to_string(&mut body).ok()?;
         Some(body)
     });
-    let text = text.await.ok().flatten().unwrap_or_default();
-    text.lines().filter(|l| l.starts_with("driftwatch_checks_total{")).filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).sum()
+    text.await.ok().flatten().unwrap_or_default()
+}
+
+/// The controller's release checks so far (`driftwatch_checks_total`, every result), from its
+/// metrics endpoint; 0 when it cannot be read.
+async fn controller_checks() -> f64 {
+    controller_metrics().await.lines().filter(|l| l.starts_with("driftwatch_checks_total{")).filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).sum()
+}
+
+/// A histogram's cumulative buckets (`le` → count) from a metrics page: the series whose line
+/// starts with `prefix` (the name and any labels before `le`).
+fn buckets(page: &str, prefix: &str) -> Vec<(f64, f64)> {
+    page.lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|rest| {
+            let le = rest.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, rest.rsplit_once(' ')?.1.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What a histogram saw between two pages: the count, and the bucket bound under which 50% and
+/// 99% of it fall (a bound, not an exact quantile: the buckets are coarse).
+fn histogram_between(before: &str, after: &str, prefix: &str) -> (f64, f64, f64) {
+    let (b, a) = (buckets(before, prefix), buckets(after, prefix));
+    let d: Vec<(f64, f64)> = a.iter().map(|(le, n)| (*le, n - b.iter().find(|(l, _)| l == le).map_or(0.0, |(_, m)| *m))).collect();
+    let total = d.iter().map(|(_, n)| *n).fold(0.0, f64::max);
+    let bound = |q: f64| d.iter().find(|(_, n)| *n >= q * total).map_or(f64::NAN, |(le, _)| *le);
+    (total, bound(0.5), bound(0.99))
 }
 
 /// utime+stime of a process, in seconds.
@@ -229,6 +257,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[derive(Default)]
 struct Reports {
     by_key: HashMap<(String, String), (bool, bool)>, // (ready, drifted)
+    /// What a re-list has sent so far; it replaces `by_key` when the re-list is done, so a
+    /// report deleted while the watch was down does not stay in `by_key`.
+    relist: Option<HashMap<(String, String), (bool, bool)>>,
 }
 
 fn report_state(r: &DriftReport) -> (bool, bool) {
@@ -247,7 +278,20 @@ fn watch_reports(client: Client) -> (Arc<Mutex<Reports>>, Arc<tokio::sync::Notif
         while let Some(ev) = stream.next().await {
             let mut g = s.lock().expect("reports lock");
             match ev {
-                Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) => {
+                Ok(watcher::Event::Init) => g.relist = Some(HashMap::new()),
+                Ok(watcher::Event::InitApply(r)) => {
+                    let key = (r.namespace().unwrap_or_default(), r.name_any());
+                    match &mut g.relist {
+                        Some(m) => m.insert(key, report_state(&r)),
+                        None => g.by_key.insert(key, report_state(&r)),
+                    };
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(m) = g.relist.take() {
+                        g.by_key = m;
+                    }
+                }
+                Ok(watcher::Event::Apply(r)) => {
                     g.by_key.insert((r.namespace().unwrap_or_default(), r.name_any()), report_state(&r));
                 }
                 Ok(watcher::Event::Delete(r)) => {
@@ -469,6 +513,7 @@ async fn main() -> anyhow::Result<()> {
                 (task, sent)
             });
             let churn_started = Instant::now();
+            let metrics0 = controller_metrics().await;
             let (mut from_start, mut from_exit, mut kinds, mut timeouts) = (Vec::new(), Vec::new(), BTreeMap::<String, Vec<f64>>::new(), 0);
             for (k, p) in in_sync.iter().step_by(step).take(args.edits).enumerate() {
                 let (what, kargs, editor) = edit_for(p, k);
@@ -506,6 +551,15 @@ async fn main() -> anyhow::Result<()> {
                 rows.push(("background churn during the edits".into(), format!("{n} ConfigMap patches, {rate:.1}/s"), "".into()));
                 j["churn"] = json!({"patches": n, "perSecond": rate});
             }
+            // Where the controller's part of the time went: how long the checks waited for a
+            // worker (lane now: the changes) and how long they took.
+            let metrics1 = controller_metrics().await;
+            let ms = |s: f64| if s.is_infinite() { "> the largest bucket".to_string() } else { format!("≤ {:.0} ms", s * 1000.0) };
+            let (waits, w50, w99) = histogram_between(&metrics0, &metrics1, "driftwatch_queue_wait_seconds_bucket{lane=\"now\",");
+            let (checks, c50, c99) = histogram_between(&metrics0, &metrics1, "driftwatch_check_duration_seconds_bucket{");
+            rows.push(("controller, during the edits: queue wait of changes (lane now)".into(), format!("{waits:.0} checks; p50 {}, p99 {}", ms(w50), ms(w99)), "".into()));
+            rows.push(("controller, during the edits: check duration".into(), format!("{checks:.0} checks; p50 {}, p99 {}", ms(c50), ms(c99)), "".into()));
+            j["latencyController"] = json!({"queueWaitNow": {"checks": waits, "p50BoundS": w50, "p99BoundS": w99}, "checkDuration": {"checks": checks, "p50BoundS": c50, "p99BoundS": c99}});
             from_start.sort_by(f64::total_cmp);
             from_exit.sort_by(f64::total_cmp);
             let (p50, p99) = (percentile(&from_start, 50.0), percentile(&from_start, 99.0));

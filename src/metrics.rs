@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     registry: Registry,
@@ -19,6 +19,9 @@ pub struct Metrics {
     pub heals_total: IntCounterVec,
     pub checks_total: IntCounterVec,
     pub check_duration: Histogram,
+    /// How long a release waited in the work queue before its check, by lane (`now`: a change
+    /// a watch saw; `later`: a full pass).
+    pub queue_wait: HistogramVec,
     pub decode_errors: IntCounter,
     pub watched_objects: Gauge,
     /// The `helm_release_info` label values last set per release, to remove them on change.
@@ -68,9 +71,15 @@ impl Metrics {
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
         )
         .unwrap();
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new("driftwatch_queue_wait_seconds", "Time a release waited in the work queue before its check, by lane (now: a change a watch saw; later: a full pass)")
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            &["lane"],
+        )
+        .unwrap();
         let decode_errors = IntCounter::new("driftwatch_release_decode_errors_total", "Release records that could not be decoded").unwrap();
         let watched_objects = Gauge::new("driftwatch_watched_objects", "Live objects of tracked releases being watched").unwrap();
-        for c in [Box::new(heals_total.clone()) as Box<dyn prometheus::core::Collector>, Box::new(checks_total.clone()), Box::new(check_duration.clone()), Box::new(decode_errors.clone()), Box::new(watched_objects.clone())] {
+        for c in [Box::new(heals_total.clone()) as Box<dyn prometheus::core::Collector>, Box::new(checks_total.clone()), Box::new(check_duration.clone()), Box::new(queue_wait.clone()), Box::new(decode_errors.clone()), Box::new(watched_objects.clone())] {
             registry.register(c).expect("registered once");
         }
         Metrics {
@@ -85,6 +94,7 @@ impl Metrics {
             heals_total,
             checks_total,
             check_duration,
+            queue_wait,
             decode_errors,
             watched_objects,
             info_labels: Mutex::new(HashMap::new()),

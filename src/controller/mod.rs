@@ -131,7 +131,7 @@ impl Controller {
                 return;
             }
         }
-        let send = self.queue.lock().expect("queue lock").add(w.clone(), lane);
+        let send = self.queue.lock().expect("queue lock").add(w.clone(), lane, std::time::Instant::now());
         let _ = match send {
             Some(Lane::Now) => self.sender.send(w),
             Some(Lane::Later) => self.later.send(w),
@@ -172,9 +172,12 @@ impl Controller {
     /// Runs one unit of work from the queue and settles it there.
     async fn work(self: &Arc<Self>, w: Work) {
         use futures::FutureExt as _;
-        if !self.queue.lock().expect("queue lock").start(&w) {
+        let Some((lane, waited)) = self.queue.lock().expect("queue lock").start(&w, std::time::Instant::now()) else {
             // A stale copy from the other lane: it ran already, or is running.
             return;
+        };
+        if matches!(w, Work::Release(..)) {
+            self.metrics.queue_wait.with_label_values(&[if lane == Lane::Now { "now" } else { "later" }]).observe(waited.as_secs_f64());
         }
         // A panic in one reconcile must not wedge its key (in flight for ever): it is logged,
         // the key is released and retried with backoff.

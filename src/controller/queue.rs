@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,12 +44,13 @@ pub enum Lane {
 
 #[derive(Debug)]
 pub struct WorkQueue<W> {
-    pending: HashSet<W>,
+    /// The pending keys, with when they were wanted (on the lane they wait on).
+    pending: HashMap<W, Instant>,
     /// The pending keys sent on [`Lane::Later`] only.
     later: HashSet<W>,
     in_flight: HashSet<W>,
-    /// In flight and added again meanwhile, with the lane it was wanted on.
-    dirty: HashMap<W, Lane>,
+    /// In flight and added again meanwhile, with the lane it was wanted on and since when.
+    dirty: HashMap<W, (Lane, Instant)>,
     attempts: HashMap<W, u32>,
     /// Runs finished since the queue was made.
     finished: u64,
@@ -57,41 +58,45 @@ pub struct WorkQueue<W> {
 
 impl<W> Default for WorkQueue<W> {
     fn default() -> Self {
-        WorkQueue { pending: HashSet::new(), later: HashSet::new(), in_flight: HashSet::new(), dirty: HashMap::new(), attempts: HashMap::new(), finished: 0 }
+        WorkQueue { pending: HashMap::new(), later: HashSet::new(), in_flight: HashSet::new(), dirty: HashMap::new(), attempts: HashMap::new(), finished: 0 }
     }
 }
 
 impl<W: Clone + Eq + Hash> WorkQueue<W> {
-    /// Adds a key on a lane; the lane the caller must send it on, if any: when it was neither
-    /// pending nor in flight, or when it waits on `Later` and is now wanted `Now` (sent again;
-    /// the copy left on `Later` is stale, see [`WorkQueue::start`]).
-    pub fn add(&mut self, w: W, lane: Lane) -> Option<Lane> {
+    /// Adds a key on a lane, wanted since `now`; the lane the caller must send it on, if any:
+    /// when it was neither pending nor in flight, or when it waits on `Later` and is now wanted
+    /// `Now` (sent again; the copy left on `Later` is stale, see [`WorkQueue::start`]).
+    pub fn add(&mut self, w: W, lane: Lane, now: Instant) -> Option<Lane> {
         if self.in_flight.contains(&w) {
-            let wanted = self.dirty.entry(w).or_insert(lane);
-            if lane == Lane::Now {
-                *wanted = Lane::Now;
+            let wanted = self.dirty.entry(w).or_insert((lane, now));
+            if lane == Lane::Now && wanted.0 == Lane::Later {
+                *wanted = (Lane::Now, now);
             }
             None
-        } else if self.pending.contains(&w) {
-            (lane == Lane::Now && self.later.remove(&w)).then_some(Lane::Now)
+        } else if let Some(since) = self.pending.get_mut(&w) {
+            // Wanted now: its wait starts now, not with the pass it was part of.
+            let sooner = lane == Lane::Now && self.later.remove(&w);
+            if sooner {
+                *since = now;
+            }
+            sooner.then_some(Lane::Now)
         } else {
             if lane == Lane::Later {
                 self.later.insert(w.clone());
             }
-            self.pending.insert(w);
+            self.pending.insert(w, now);
             Some(lane)
         }
     }
 
-    /// A worker takes the key; false when it is not pending (a stale copy from the other lane:
-    /// it ran already or is running), and the worker drops it.
-    pub fn start(&mut self, w: &W) -> bool {
-        if !self.pending.remove(w) {
-            return false;
-        }
-        self.later.remove(w);
+    /// A worker takes the key at `now`: the lane it waited on and how long, or None when it is
+    /// not pending (a stale copy from the other lane: it ran already or is running), and the
+    /// worker drops it.
+    pub fn start(&mut self, w: &W, now: Instant) -> Option<(Lane, Duration)> {
+        let since = self.pending.remove(w)?;
+        let lane = if self.later.remove(w) { Lane::Later } else { Lane::Now };
         self.in_flight.insert(w.clone());
-        true
+        Some((lane, now.saturating_duration_since(since)))
     }
 
     /// A worker is done with the key.
@@ -109,7 +114,7 @@ impl<W: Clone + Eq + Hash> WorkQueue<W> {
                 Some((retry_delay(*attempt), *attempt))
             }
         };
-        let again = self.dirty.remove(w).and_then(|lane| self.add(w.clone(), lane));
+        let again = self.dirty.remove(w).and_then(|(lane, since)| self.add(w.clone(), lane, since));
         After { again, retry }
     }
 
@@ -151,42 +156,60 @@ mod tests {
 
     #[test]
     fn a_key_is_pending_once_and_runs_again_if_added_while_running() {
-        let mut q = WorkQueue::default();
-        assert_eq!(q.add("a", Lane::Now), Some(Lane::Now));
-        assert_eq!(q.add("a", Lane::Now), None, "already pending: not sent twice");
-        assert!(q.start(&"a"));
-        assert_eq!(q.add("a", Lane::Now), None, "in flight: marked dirty, not sent");
-        assert_eq!(q.add("a", Lane::Later), None);
+        let (mut q, t0) = (WorkQueue::default(), Instant::now());
+        assert_eq!(q.add("a", Lane::Now, t0), Some(Lane::Now));
+        assert_eq!(q.add("a", Lane::Now, t0), None, "already pending: not sent twice");
+        assert!(q.start(&"a", t0).is_some());
+        assert_eq!(q.add("a", Lane::Now, t0), None, "in flight: marked dirty, not sent");
+        assert_eq!(q.add("a", Lane::Later, t0), None);
         assert_eq!(q.finish(&"a", Settled::Done), After { again: Some(Lane::Now), retry: None });
-        assert!(q.start(&"a"));
+        assert!(q.start(&"a", t0).is_some());
         assert_eq!(q.finish(&"a", Settled::Done), After { again: None, retry: None });
         assert!(q.is_empty());
-        assert_eq!(q.add("a", Lane::Now), Some(Lane::Now), "finished: can be sent again");
+        assert_eq!(q.add("a", Lane::Now, t0), Some(Lane::Now), "finished: can be sent again");
     }
 
     #[test]
     fn a_change_overtakes_a_full_pass() {
-        let mut q = WorkQueue::default();
+        let (mut q, t0) = (WorkQueue::default(), Instant::now());
         for k in ["a", "b", "c"] {
-            assert_eq!(q.add(k, Lane::Later), Some(Lane::Later));
+            assert_eq!(q.add(k, Lane::Later, t0), Some(Lane::Later));
         }
-        assert_eq!(q.add("b", Lane::Later), None, "pending on Later already");
-        assert_eq!(q.add("b", Lane::Now), Some(Lane::Now), "a change to a key of the pass: sent again, on Now");
-        assert_eq!(q.add("b", Lane::Now), None, "once");
-        assert_eq!(q.add("d", Lane::Now), Some(Lane::Now));
+        assert_eq!(q.add("b", Lane::Later, t0), None, "pending on Later already");
+        assert_eq!(q.add("b", Lane::Now, t0), Some(Lane::Now), "a change to a key of the pass: sent again, on Now");
+        assert_eq!(q.add("b", Lane::Now, t0), None, "once");
+        assert_eq!(q.add("d", Lane::Now, t0), Some(Lane::Now));
         // The workers take Now first: b, d; then the pass: a, b (stale: dropped), c.
-        assert!(q.start(&"b"));
+        assert!(q.start(&"b", t0).is_some());
         q.finish(&"b", Settled::Done);
-        assert!(q.start(&"d"));
-        assert!(q.start(&"a"));
-        assert!(!q.start(&"b"), "b's copy on Later is stale: it ran");
-        assert!(q.start(&"c"));
+        assert!(q.start(&"d", t0).is_some());
+        assert!(q.start(&"a", t0).is_some());
+        assert!(q.start(&"b", t0).is_none(), "b's copy on Later is stale: it ran");
+        assert!(q.start(&"c", t0).is_some());
         assert_eq!(q.len(), 3, "d, a and c in flight");
-        assert_eq!(q.add("a", Lane::Now), None, "in flight: dirty");
+        assert_eq!(q.add("a", Lane::Now, t0), None, "in flight: dirty");
         assert_eq!(q.finish(&"a", Settled::Done).again, Some(Lane::Now), "and runs again at once");
         // Added again while running by a pass only: runs again after the pass's others.
-        assert_eq!(q.add("c", Lane::Later), None);
+        assert_eq!(q.add("c", Lane::Later, t0), None);
         assert_eq!(q.finish(&"c", Settled::Done).again, Some(Lane::Later));
+    }
+
+    #[test]
+    fn a_key_waits_from_when_it_was_wanted_on_its_lane() {
+        let (mut q, t0) = (WorkQueue::default(), Instant::now());
+        let s = Duration::from_secs;
+        q.add("a", Lane::Later, t0);
+        q.add("a", Lane::Later, t0 + s(1));
+        assert_eq!(q.start(&"a", t0 + s(5)), Some((Lane::Later, s(5))), "a pass's key waits from the pass");
+        q.add("b", Lane::Later, t0);
+        q.add("b", Lane::Now, t0 + s(4));
+        assert_eq!(q.start(&"b", t0 + s(5)), Some((Lane::Now, s(1))), "a change to it: from the change, not the pass");
+        q.add("b", Lane::Later, t0 + s(6));
+        q.add("b", Lane::Now, t0 + s(7));
+        q.add("b", Lane::Now, t0 + s(8));
+        assert_eq!(q.finish(&"b", Settled::Done).again, Some(Lane::Now));
+        assert_eq!(q.start(&"b", t0 + s(10)), Some((Lane::Now, s(3))), "added while it ran: from the first change");
+        assert_eq!(q.start(&"b", t0 + s(11)), None);
     }
 
     #[test]
@@ -198,35 +221,35 @@ mod tests {
         assert!(!trim_due(Some(m), ten, 3, s), "a few edits: not yet");
         assert!(trim_due(Some(m), ten, 3, m), "a few edits, a minute later");
         assert!(!trim_due(Some(m), ten, 0, m), "nothing ran: nothing to give back (idle costs nothing)");
-        let mut q = WorkQueue::default();
-        q.add("a", Lane::Now);
-        q.start(&"a");
+        let (mut q, t0) = (WorkQueue::default(), Instant::now());
+        q.add("a", Lane::Now, t0);
+        q.start(&"a", t0);
         q.finish(&"a", Settled::Retry);
-        q.add("b", Lane::Now);
-        q.start(&"b");
+        q.add("b", Lane::Now, t0);
+        q.start(&"b", t0);
         q.finish(&"b", Settled::Done);
         assert_eq!(q.finished(), 2, "failed runs count: they allocated too");
     }
 
     #[test]
     fn failures_back_off_until_a_run_succeeds() {
-        let mut q = WorkQueue::default();
+        let (mut q, t0) = (WorkQueue::default(), Instant::now());
         let mut delays = Vec::new();
         for _ in 0..3 {
-            q.add("r", Lane::Now);
-            q.start(&"r");
+            q.add("r", Lane::Now, t0);
+            q.start(&"r", t0);
             delays.push(q.finish(&"r", Settled::Retry).retry.map(|(d, n)| (d.as_secs(), n)));
         }
         assert_eq!(delays, vec![Some((1, 1)), Some((2, 2)), Some((4, 3))]);
-        q.add("r", Lane::Now);
-        q.start(&"r");
+        q.add("r", Lane::Now, t0);
+        q.start(&"r", t0);
         assert_eq!(q.finish(&"r", Settled::Done).retry, None);
-        q.add("r", Lane::Now);
-        q.start(&"r");
+        q.add("r", Lane::Now, t0);
+        q.start(&"r", t0);
         assert_eq!(q.finish(&"r", Settled::Retry).retry, Some((Duration::from_secs(1), 1)), "a success resets the backoff");
         // Other keys have their own count.
-        q.add("s", Lane::Now);
-        q.start(&"s");
+        q.add("s", Lane::Now, t0);
+        q.start(&"s", t0);
         assert_eq!(q.finish(&"s", Settled::Retry).retry, Some((Duration::from_secs(1), 1)));
     }
 }

@@ -304,7 +304,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn crds_yaml() -> String {
     use kube::CustomResourceExt as _;
     let mut out = String::new();
-    for crd in [DriftPolicy::crd(), DriftReport::crd()] {
+    let mut report = DriftReport::crd();
+    // A report has no status subresource: it is the controller's output, written whole, so a
+    // new report is one request (with the subresource it is two: the object, then its status;
+    // docs/SCALING.md). Users only read it. Its conditions carry no observedGeneration, so the
+    // generation each write bumps means nothing to them.
+    for v in &mut report.spec.versions {
+        v.subresources = None;
+    }
+    for crd in [DriftPolicy::crd(), report] {
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&crd).expect("CRDs serialise"));
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, Recorder};
 use kube::{Client, Resource as _};
 use serde_json::{Value, json};
@@ -17,8 +17,8 @@ pub const FIELD_MANAGER: &str = "driftwatch.io/controller";
 
 /// A write the reconcile decided on.
 pub enum Write {
-    /// A report's status (server-side apply; the report is made first when it does not
-    /// `exist`), then `events` about it.
+    /// A report, written whole (created when it does not `exist`, else its status replaced),
+    /// then `events` about it.
     Report { namespace: String, name: String, status: Value, exists: bool, events: Vec<Event> },
     DeleteReport { namespace: String, name: String, why: &'static str },
     PolicyStatus { namespace: String, name: String, status: Value },
@@ -132,28 +132,36 @@ impl Writer {
         out
     }
 
-    /// Writes a report's status (server-side apply). A report known to exist gets one request
-    /// (the status); a new one two (the object, then its status).
+    /// Writes a report whole, in one request. A new report is created with its status; a known
+    /// one gets its status replaced (a JSON patch: what the status no longer says goes away, as
+    /// it did under server-side apply). The report has no status subresource (`crds_yaml`), so
+    /// the status goes with the object. A report deleted meanwhile is created again; one made
+    /// meanwhile (by a replica before a restart) gets its status replaced.
     async fn write_report(&self, ns: &str, name: &str, status: &Value, exists: bool) -> Result<k8s_openapi::api::core::v1::ObjectReference, kube::Error> {
-        let api: Api<DriftReport> = Api::namespaced(self.client.clone(), ns);
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let body = json!({"apiVersion": "driftwatch.io/v1alpha1", "kind": "DriftReport", "status": status});
+        let resource = ApiResource::erase::<DriftReport>(&());
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &resource);
+        let replace = || async {
+            let patch: json_patch::Patch = serde_json::from_value(json!([{"op": "add", "path": "/status", "value": status}])).map_err(kube::Error::SerdeError)?;
+            api.patch(name, &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &Patch::<()>::Json(patch)).await
+        };
         if exists {
-            match api.patch_status(name, &pp, &Patch::Apply(&body)).await {
-                Ok(obj) => return Ok(obj.object_ref(&())),
-                // Deleted by someone: made again below.
+            match replace().await {
+                Ok(obj) => return Ok(obj.object_ref(&resource)),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e),
             }
         }
-        api.patch(name, &pp, &Patch::Apply(json!({
+        let report: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "driftwatch.io/v1alpha1", "kind": "DriftReport",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "driftwatch"}},
-            "spec": {}
-        })))
-        .await?;
-        let obj = api.patch_status(name, &pp, &Patch::Apply(&body)).await?;
-        Ok(obj.object_ref(&()))
+            "metadata": {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "driftwatch"}},
+            "spec": {}, "status": status
+        }))
+        .map_err(kube::Error::SerdeError)?;
+        match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &report).await {
+            Ok(obj) => Ok(obj.object_ref(&resource)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(replace().await?.object_ref(&resource)),
+            Err(e) => Err(e),
+        }
     }
 }
 

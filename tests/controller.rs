@@ -67,6 +67,10 @@ async fn reports_follow_drift_as_it_happens() {
         latencies.push(t.elapsed());
     }
     wait_for("DriftResolved event", 30, || (events(n, "DriftResolved") > 0).then_some(()));
+    // A report's status is written whole (there is no status subresource): what the drift put
+    // there goes when it ends.
+    let r = report(n, "shop").unwrap();
+    assert!(r["status"].get("firstDriftTime").is_none() && r["status"].get("resources").is_none(), "{}", r["status"]);
     assert_eq!(metric(ctl.metrics_port, &format!("helm_drift_detected{{namespace=\"{n}\",release=\"shop\"}}")).as_deref(), Some("0"));
     assert!(metric(ctl.metrics_port, &format!("helm_release_info{{app_version=\"2.4.1\",chart=\"fullstack\",chart_version=\"1.0.0\",namespace=\"{n}\",release=\"blog\",status=\"deployed\"}}")).is_some());
     let deployed = metric(ctl.metrics_port, &format!("helm_release_last_deployed_timestamp{{namespace=\"{n}\",release=\"shop\"}}")).unwrap();

@@ -8,7 +8,8 @@
 //! or when the listing does not hold it, so no answer rests on a listing alone.
 //!
 //! Used by [`super::Resolver::read_live`] (live objects) and
-//! [`super::ReleaseStore::fetch_payload`] (release payloads).
+//! [`super::ReleaseStore::fetch_payload`] (release payloads). A full pass lists; a change's
+//! check reads [`one_by_one`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,19 @@ use kube::api::ListParams;
 pub const LISTING_TTL: Duration = Duration::from_secs(10);
 /// Items per page of a listing.
 pub const LIST_PAGE: u32 = 500;
+
+tokio::task_local! {
+    /// Set for the reads of a task that reads a few objects ([`one_by_one`]).
+    static ONE_BY_ONE: ();
+}
+
+/// Runs `f` with reads that never start a listing: each is a GET. For a change's check, which
+/// reads the one or two objects that changed: the second read of a scope would otherwise list
+/// the whole scope (thousands of objects or release records, under a steady churn of edits in
+/// the namespace) and make the check wait for it.
+pub async fn one_by_one<F: Future>(f: F) -> F::Output {
+    ONE_BY_ONE.scope((), f).await
+}
 
 /// One scope's listing: made on the second ask, once.
 pub struct Listing<V> {
@@ -61,9 +75,12 @@ impl<V> Default for Listings<V> {
 }
 
 impl<V> Listings<V> {
-    /// A read in `scope`: None for the first within the TTL (read that one item directly),
-    /// else the scope's listing to take it from.
+    /// A read in `scope`: None for the first within the TTL (read that one item directly) and
+    /// for every read inside [`one_by_one`], else the scope's listing to take it from.
     pub fn ask(&self, scope: String) -> Option<Arc<Listing<V>>> {
+        if ONE_BY_ONE.try_with(|_| ()).is_ok() {
+            return None;
+        }
         let now = Instant::now();
         let listing = {
             let mut map = self.map.lock().expect("listings");
@@ -149,6 +166,18 @@ mod tests {
         assert_eq!(again.take("y", list).await, Some(2));
         assert_eq!(lists.load(Ordering::SeqCst), 1, "one listing per scope");
         assert!(listings.ask("b".into()).is_none(), "another scope starts over");
+    }
+
+    #[tokio::test]
+    async fn a_change_s_reads_never_list() {
+        let listings: Listings<u32> = Listings::default();
+        one_by_one(async {
+            assert!(listings.ask("a".into()).is_none());
+            assert!(listings.ask("a".into()).is_none(), "the second read is a GET too");
+        })
+        .await;
+        assert!(listings.ask("a".into()).is_none(), "and did not count: a scan's first read is still a GET");
+        assert!(listings.ask("a".into()).is_some());
     }
 
     #[tokio::test]

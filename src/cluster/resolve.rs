@@ -250,8 +250,9 @@ impl Resolver {
     /// cached reads) and serves it and the rest from that listing, each object once. An object
     /// the listing does not hold (created since, deleted, or a listing that failed) is read by
     /// GET, so no answer rests on the listing alone; so is a listed copy `current` refuses (the
-    /// controller's watches have seen another version of it). For reads that must be fresh (a
-    /// heal), use [`Resolver::get_live`].
+    /// controller's watches have seen another version of it). Inside
+    /// [`super::listing::one_by_one`] (a change's check) every read is a GET. For reads that must
+    /// be fresh (a heal), use [`Resolver::get_live`].
     pub async fn read_live(&self, kind: &ResolvedKind, namespace: Option<&str>, name: &str, current: &(dyn Fn(&Value) -> bool + Sync)) -> Result<Option<Value>, ResolveError> {
         let namespace = namespace.filter(|_| kind.namespaced);
         let scope = format!("{}/{} {}", kind.resource.api_version, kind.resource.plural, namespace.unwrap_or(""));

@@ -181,7 +181,11 @@ impl Controller {
         }
         // A panic in one reconcile must not wedge its key (in flight for ever): it is logged,
         // the key is released and retried with backoff.
-        let settled = std::panic::AssertUnwindSafe(self.reconcile(&w)).catch_unwind().await.unwrap_or_else(|_| {
+        // A change's check reads the few objects that changed by GET: listing their whole
+        // scope (a pass's way) would make it wait for thousands of others under churn.
+        let run = std::panic::AssertUnwindSafe(self.reconcile(&w)).catch_unwind();
+        let ran = if lane == Lane::Now { crate::cluster::listing::one_by_one(run).await } else { run.await };
+        let settled = ran.unwrap_or_else(|_| {
             tracing::error!(work = ?w, "a reconcile panicked; retrying it later");
             Settled::Retry
         });

@@ -77,11 +77,36 @@ pub struct Writer {
     client: Client,
     recorder: Recorder,
     pub leadership: Leadership,
+    /// Whether the served DriftReport kind has a status subresource, once asked (see
+    /// [`Writer::status_subresource`]).
+    report_status: std::sync::Mutex<Option<bool>>,
 }
 
 impl Writer {
     pub fn new(client: Client, recorder: Recorder, leadership: Leadership) -> Self {
-        Writer { client, recorder, leadership }
+        Writer { client, recorder, leadership, report_status: std::sync::Mutex::new(None) }
+    }
+
+    /// Whether the served DriftReport kind still has a status subresource: a CRD older than
+    /// this controller, as `helm upgrade` leaves it (Helm installs a chart's CRDs and never
+    /// upgrades them). Then the API server drops a report's status from a create and from a
+    /// patch of the object, so the status goes through the subresource: a new report takes
+    /// two writes until the CRD is applied. Asked by discovery once, and again after a write
+    /// found no report or no subresource (the CRD may have changed).
+    async fn status_subresource(&self) -> bool {
+        if let Some(known) = *self.report_status.lock().expect("report kind") {
+            return known;
+        }
+        let has = match self.client.list_api_group_resources("driftwatch.io/v1alpha1").await {
+            Ok(list) => list.resources.iter().any(|r| r.name == "driftreports/status"),
+            // Assumed current; the next write asks again.
+            Err(_) => return false,
+        };
+        if has {
+            tracing::warn!("the DriftReport CRD is older than this controller (it has a status subresource): apply the chart's crds/driftwatch.io.yaml (helm upgrade does not); until then a new report takes two writes");
+        }
+        *self.report_status.lock().expect("report kind") = Some(has);
+        has
     }
 
     /// Sends one write, if this replica leads.
@@ -135,19 +160,28 @@ impl Writer {
     /// Writes a report whole, in one request. A new report is created with its status; a known
     /// one gets its status replaced (a JSON patch: what the status no longer says goes away, as
     /// it did under server-side apply). The report has no status subresource (`crds_yaml`), so
-    /// the status goes with the object. A report deleted meanwhile is created again; one made
+    /// the status goes with the object; under an older CRD that has one, see
+    /// [`Writer::status_subresource`]. A report deleted meanwhile is created again; one made
     /// meanwhile (by a replica before a restart) gets its status replaced.
     async fn write_report(&self, ns: &str, name: &str, status: &Value, exists: bool) -> Result<k8s_openapi::api::core::v1::ObjectReference, kube::Error> {
         let resource = ApiResource::erase::<DriftReport>(&());
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &resource);
-        let replace = || async {
+        let api = &api;
+        let replace = |subresource: bool| async move {
             let patch: json_patch::Patch = serde_json::from_value(json!([{"op": "add", "path": "/status", "value": status}])).map_err(kube::Error::SerdeError)?;
-            api.patch(name, &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &Patch::<()>::Json(patch)).await
+            let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            let patch = Patch::<()>::Json(patch);
+            if subresource { api.patch_status(name, &pp, &patch).await } else { api.patch(name, &pp, &patch).await }
         };
+        let mut subresource = self.status_subresource().await;
         if exists {
-            match replace().await {
+            match replace(subresource).await {
                 Ok(obj) => return Ok(obj.object_ref(&resource)),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                // Deleted by someone (made again below), or the kind changed under us.
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    *self.report_status.lock().expect("report kind") = None;
+                    subresource = self.status_subresource().await;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -158,8 +192,10 @@ impl Writer {
         }))
         .map_err(kube::Error::SerdeError)?;
         match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &report).await {
+            // The API server dropped the status (a status subresource): written through it.
+            Ok(_) if subresource => Ok(replace(true).await?.object_ref(&resource)),
             Ok(obj) => Ok(obj.object_ref(&resource)),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(replace().await?.object_ref(&resource)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(replace(subresource).await?.object_ref(&resource)),
             Err(e) => Err(e),
         }
     }

@@ -25,6 +25,9 @@ fn served_subresource(c: &OwnCluster) -> Option<bool> {
 #[test]
 fn reports_keep_their_status_under_the_older_crd_and_after_it() {
     let c = OwnCluster::start("driftwatch-crd-upgrade", 26940, Some(false));
+    // The suite's CRDs applied now (the controller's start would apply them once per process,
+    // `kubectl apply` would take the subresource off again if KUBECONFIG named this cluster).
+    common::apply_crds();
     c.kubectl(&["apply", "-f", &common::repo_root().join("crds/driftwatch.io.yaml").display().to_string()]);
     // The CRD of the versions before: the same, with a status subresource.
     c.kubectl(&["patch", "crd", "driftreports.driftwatch.io", "--type=json", "-p", r#"[{"op":"add","path":"/spec/versions/0/subresources","value":{"status":{}}}]"#]);

@@ -262,6 +262,13 @@ struct Reports {
     relist: Option<HashMap<(String, String), (bool, bool)>>,
 }
 
+impl Reports {
+    /// Fleet releases whose report is Ready.
+    fn fleet_ready(&self) -> usize {
+        self.by_key.iter().filter(|((ns, _), (ready, _))| fleet_ns(ns) && *ready).count()
+    }
+}
+
 fn report_state(r: &DriftReport) -> (bool, bool) {
     let Some(st) = &r.status else { return (false, false) };
     let cond = |t: &str| st.conditions.iter().any(|c| c.type_ == t && c.status == "True");
@@ -442,11 +449,10 @@ async fn main() -> anyhow::Result<()> {
         let n = args.n;
         // When the first report, a quarter, half, three quarters and all were Ready: where the
         // time goes (a late first report is start-up: the watches' initial lists).
-        let ready_now = |r: &Reports| r.by_key.iter().filter(|((ns, _), (ready, _))| fleet_ns(ns) && *ready).count();
         let deadline = t0 + Duration::from_secs(600);
         let (mut done, mut marks) = (true, Vec::new());
         for want in [1, n / 4, n / 2, 3 * n / 4, n] {
-            if !wait_until(&reports, &notify, deadline.saturating_duration_since(Instant::now()), |r| ready_now(r) >= want.max(1)).await {
+            if !wait_until(&reports, &notify, deadline.saturating_duration_since(Instant::now()), |r| r.fleet_ready() >= want.max(1)).await {
                 done = false;
                 break;
             }
@@ -456,7 +462,7 @@ async fn main() -> anyhow::Result<()> {
         let cold_cpu = cpu_seconds(pid, tck);
         let after = requests(&client).await?;
         let cold_req = delta(&before, &after);
-        let ready_count = reports.lock().expect("reports").by_key.iter().filter(|((ns, _), (ready, _))| fleet_ns(ns) && *ready).count();
+        let ready_count = reports.lock().expect("reports").fleet_ready();
         if !done {
             log(&format!("cold start: only {ready_count} of {n} reports Ready after 600 s"));
         }
@@ -646,7 +652,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
         let n = args.n;
-        let done = wait_until(&reports, &notify, Duration::from_secs(600), |r| r.by_key.iter().filter(|((ns, _), (ready, _))| fleet_ns(ns) && *ready).count() >= n).await;
+        let done = wait_until(&reports, &notify, Duration::from_secs(600), |r| r.fleet_ready() >= n).await;
         let cold = t0.elapsed().as_secs_f64();
         let cpu: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p, tck)).collect();
         let req = delta(&before, &requests(&client).await?);

@@ -19,6 +19,7 @@ use super::writer::{Sent, Write};
 use super::{Controller, Work};
 use crate::api::{DriftReport, Mode};
 use crate::check::{CheckSettings, check_release_cached};
+use crate::cluster::listing::list_pages;
 use crate::helm::{RecordMeta, ReleaseHistory, group_releases};
 use crate::report::{ReleaseReport, ResourceReport};
 
@@ -108,33 +109,37 @@ impl Controller {
             let keys: Vec<ReleaseKey> = if seed {
                 // Every page: a release whose report was not seeded is read by GET when checked
                 // (10,000 GETs at a restart over 10,000 reports with one page).
-                let mut keys = Vec::new();
-                let mut params = ListParams::default().limit(crate::cluster::listing::LIST_PAGE);
-                loop {
-                    match reports.list(&params).await {
-                        Ok(list) => {
-                            let mut index = self.index();
-                            for r in list.items {
-                                let key = (r.metadata.namespace.clone().unwrap_or_default(), r.metadata.name.clone().unwrap_or_default());
-                                if let Some(st) = &r.status {
-                                    index.wrote(key.clone(), Memo::of_status(st), true);
+                let unreadable = std::sync::atomic::AtomicBool::new(false);
+                let keep = |item: &str| {
+                    let Ok(r) = serde_json::from_str::<DriftReport>(item) else {
+                        unreadable.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return None;
+                    };
+                    let key = (r.metadata.namespace.unwrap_or_default(), r.metadata.name.unwrap_or_default());
+                    Some((format!("{}/{}", key.0, key.1), (key, r.status.as_ref().map(Memo::of_status))))
+                };
+                match list_pages(&self.client, &reports.resource_url(), ListParams::default(), || {}, keep).await {
+                    Some(listed) => {
+                        // One that could not be read is seeded when checked.
+                        listed_all &= !unreadable.load(std::sync::atomic::Ordering::Relaxed);
+                        let mut index = self.index();
+                        listed
+                            .into_values()
+                            .map(|(key, memo)| {
+                                if let Some(m) = memo {
+                                    index.wrote(key.clone(), m, true);
                                 }
-                                keys.push(key);
-                            }
-                            match list.metadata.continue_.filter(|c| !c.is_empty()) {
-                                Some(token) => params = ListParams::default().limit(crate::cluster::listing::LIST_PAGE).continue_token(&token),
-                                None => break,
-                            }
-                        }
-                        Err(e) => {
-                            // The rest are seeded one by one when checked.
-                            tracing::warn!(error = %e, "cannot list DriftReports");
-                            listed_all = false;
-                            break;
-                        }
+                                key
+                            })
+                            .collect()
+                    }
+                    None => {
+                        // The rest are seeded one by one when checked.
+                        tracing::warn!("cannot list DriftReports (the cause is in the debug log): each report is read when its release is checked");
+                        listed_all = false;
+                        Vec::new()
                     }
                 }
-                keys
             } else {
                 match reports.list_metadata(&ListParams::default()).await {
                     Ok(list) => list.items.into_iter().map(|r| (r.metadata.namespace.unwrap_or_default(), r.metadata.name.unwrap_or_default())).collect(),

@@ -51,6 +51,11 @@ enum Command {
         /// more at once keeps a busy API server's cores fed during a cold scan)
         #[arg(long, default_value_t = driftwatch::controller::WORKERS)]
         workers: usize,
+        /// Split releases into this many shards by namespace, each checked and written by the
+        /// replica holding its Lease (needs --leader-elect; the same on every replica). 1: one
+        /// leader writes for all, the other replicas stand by
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        shards: u32,
     },
     /// One-shot drift check of a release, a namespace or the whole cluster
     Check {
@@ -282,8 +287,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let opts = CheckOpts { release, revision, output, detailed_exitcode, ignore_path, ignore_manager, policy, operations_as_drift, verbose, confirm: !no_confirm };
             check(namespace, all_namespaces, opts).await
         }
-        Command::Run { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, no_confirm, workers } => {
-            run(RunOpts { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, confirm: !no_confirm, workers }).await
+        Command::Run { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, no_confirm, workers, shards } => {
+            if shards > 1 && !leader_elect {
+                anyhow::bail!("--shards {shards} needs --leader-elect: each shard is written by the replica that holds its Lease");
+            }
+            run(RunOpts { metrics_addr, health_addr, leader_elect, cluster_policy_namespaces, watch_namespaces, log_format, confirm: !no_confirm, workers, shards }).await
         }
         Command::Diagnose { release, namespace, output, rendered } => diagnose(release, namespace, output, rendered).await,
         Command::Unlock { release, namespace, yes, force, pending_timeout } => unlock(release, namespace, yes, force, pending_timeout).await,
@@ -313,6 +321,7 @@ struct RunOpts {
     log_format: LogFormat,
     confirm: bool,
     workers: usize,
+    shards: u32,
 }
 
 async fn run(o: RunOpts) -> anyhow::Result<ExitCode> {
@@ -341,11 +350,12 @@ async fn run(o: RunOpts) -> anyhow::Result<ExitCode> {
         namespace,
         concurrency: o.workers.max(1),
         confirm: o.confirm,
+        shards: o.shards,
     };
     let client = client().await?;
     let metrics = Arc::new(driftwatch::metrics::Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    tracing::info!(identity, %metrics_addr, %health_addr, leader_elect = o.leader_elect, "driftwatch controller starting");
+    tracing::info!(identity, %metrics_addr, %health_addr, leader_elect = o.leader_elect, shards = o.shards, "driftwatch controller starting");
     let m = metrics.clone();
     let metrics_server = tokio::spawn(async move { driftwatch::http::serve_metrics(metrics_addr, m).await });
     let r = ready.clone();

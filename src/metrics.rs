@@ -24,6 +24,8 @@ pub struct Metrics {
     pub queue_wait: HistogramVec,
     pub decode_errors: IntCounter,
     pub watched_objects: Gauge,
+    /// Shards whose lease this replica holds (`--shards`; with one shard, 1 on the leader).
+    pub shards_held: Gauge,
     /// The `helm_release_info` label values last set per release, to remove them on change.
     info_labels: Mutex<HashMap<(String, String), [String; 6]>>,
 }
@@ -79,7 +81,8 @@ impl Metrics {
         .unwrap();
         let decode_errors = IntCounter::new("driftwatch_release_decode_errors_total", "Release records that could not be decoded").unwrap();
         let watched_objects = Gauge::new("driftwatch_watched_objects", "Live objects of tracked releases being watched").unwrap();
-        for c in [Box::new(heals_total.clone()) as Box<dyn prometheus::core::Collector>, Box::new(checks_total.clone()), Box::new(check_duration.clone()), Box::new(queue_wait.clone()), Box::new(decode_errors.clone()), Box::new(watched_objects.clone())] {
+        let shards_held = Gauge::new("driftwatch_shards_held", "Release shards whose lease this replica holds (with leader election; one shard: 1 on the leader)").unwrap();
+        for c in [Box::new(heals_total.clone()) as Box<dyn prometheus::core::Collector>, Box::new(checks_total.clone()), Box::new(check_duration.clone()), Box::new(queue_wait.clone()), Box::new(decode_errors.clone()), Box::new(watched_objects.clone()), Box::new(shards_held.clone())] {
             registry.register(c).expect("registered once");
         }
         Metrics {
@@ -97,6 +100,7 @@ impl Metrics {
             queue_wait,
             decode_errors,
             watched_objects,
+            shards_held,
             info_labels: Mutex::new(HashMap::new()),
         }
     }
@@ -141,6 +145,19 @@ impl Metrics {
         for t in had.iter() {
             let v = if types.contains(&t.as_str()) { 1.0 } else { 0.0 };
             self.findings.with_label_values(&[namespace, release, t]).set(v);
+        }
+    }
+
+    /// Removes every series of the releases of the namespaces `gone` accepts (their shard went to
+    /// another replica, which exports them now).
+    pub fn forget_releases_where(&self, gone: impl Fn(&str) -> bool) {
+        let mut keys: Vec<(String, String)> = self.info_labels.lock().expect("metrics lock").keys().cloned().collect();
+        keys.extend(self.finding_types.lock().expect("metrics lock").keys().cloned());
+        keys.retain(|(ns, _)| gone(ns));
+        keys.sort();
+        keys.dedup();
+        for (ns, release) in keys {
+            self.forget_release(&ns, &release);
         }
     }
 

@@ -119,19 +119,19 @@ pub fn lost_records_report(key: &ReleaseKey, objects: Vec<FindingResource>) -> R
 pub type PolicyWritten = (serde_json::Value, String, Instant);
 
 /// The status writes of the policies this controller answers for, from what is written for
-/// each release. An unchanged status is written again once an interval (for `lastScanTime`).
+/// each release (its policy, whether it drifted, whether it is unhealthy: [`super::index::Tally`]). An unchanged status is written again once an interval (for `lastScanTime`).
 /// Returns each write with the comparable status and transition time to remember once it
 /// went through.
 pub fn policy_writes<'m>(
     policies: &[std::sync::Arc<CompiledPolicy>],
-    written: impl Iterator<Item = &'m Memo> + Clone,
+    written: impl Iterator<Item = (&'m str, bool, bool)> + Clone,
     last: &std::collections::HashMap<String, PolicyWritten>,
     now: jiff::Timestamp,
 ) -> Vec<(String, serde_json::Value, String, Write)> {
     let mut out = Vec::new();
     for p in policies {
-        let mine: Vec<&Memo> = written.clone().filter(|m| m.policy == p.key).collect();
-        let comparable = status::policy_status(p, mine.len(), mine.iter().filter(|m| m.drifted).count(), mine.iter().filter(|m| m.unhealthy).count());
+        let mine: Vec<(&str, bool, bool)> = written.clone().filter(|m| m.0 == p.key).collect();
+        let comparable = status::policy_status(p, mine.len(), mine.iter().filter(|m| m.1).count(), mine.iter().filter(|m| m.2).count());
         let before = last.get(&p.key);
         if before.is_some_and(|(c, _, at)| c == &comparable && at.elapsed() < p.interval) {
             continue;
@@ -284,7 +284,7 @@ mod tests {
         let failed = decide(&checked(false), None, ReleaseStatus::Failed).memo;
         let memos = [drifted, failed];
         let mut last = HashMap::new();
-        let writes = policy_writes(&policies, memos.iter(), &last, jiff::Timestamp::now());
+        let writes = policy_writes(&policies, memos.iter().map(Memo::tally), &last, jiff::Timestamp::now());
         assert_eq!(writes.len(), 2);
         let (key, comparable, since, write) = &writes[0];
         assert_eq!(key, "prod/p");
@@ -302,11 +302,11 @@ mod tests {
             last.insert(key, (comparable, since, Instant::now()));
         }
         let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(90);
-        assert!(policy_writes(&policies, memos.iter(), &last, later).is_empty(), "unchanged within the interval: nothing written");
+        assert!(policy_writes(&policies, memos.iter().map(Memo::tally), &last, later).is_empty(), "unchanged within the interval: nothing written");
         // A third release: the counts change, the condition's transition time does not.
         let third = decide(&checked(false), None, ReleaseStatus::Deployed).memo;
         let more = [memos[0].clone(), memos[1].clone(), third];
-        let writes = policy_writes(&policies[..1], more.iter(), &last, later);
+        let writes = policy_writes(&policies[..1], more.iter().map(Memo::tally), &last, later);
         assert_eq!(writes.len(), 1);
         assert_eq!(writes[0].1["matchedReleases"].as_u64(), Some(3));
         assert_eq!(&writes[0].2, &last["prod/p"].1, "still Ready: the transition time is kept");

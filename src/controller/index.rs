@@ -215,13 +215,35 @@ impl Memo {
     /// What an existing report says (after a restart or a leadership change: an unchanged
     /// status is not written again and condition times are kept).
     pub fn of_status(st: &crate::api::DriftReportStatus) -> Memo {
-        Memo {
+        let Tally { policy, drifted, unhealthy } = Tally::of_status(st);
+        Memo { policy, drifted, unhealthy, status: super::status::Written::from_status(st), written_at: Instant::now() }
+    }
+
+    pub fn tally(&self) -> (&str, bool, bool) {
+        (&self.policy, self.drifted, self.unhealthy)
+    }
+}
+
+/// What a policy's status counts of one release's report: the policy that covers it, whether it
+/// drifted, whether it is unhealthy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tally {
+    pub policy: String,
+    pub drifted: bool,
+    pub unhealthy: bool,
+}
+
+impl Tally {
+    pub fn of_status(st: &crate::api::DriftReportStatus) -> Tally {
+        Tally {
             policy: st.policy.clone().unwrap_or_default(),
             drifted: st.drift.as_deref() == Some("Drifted"),
             unhealthy: st.conditions.iter().any(|c| c.type_ == "ReleaseHealthy" && c.status == "False"),
-            status: super::status::Written::from_status(st),
-            written_at: Instant::now(),
         }
+    }
+
+    pub fn tally(&self) -> (&str, bool, bool) {
+        (&self.policy, self.drifted, self.unhealthy)
     }
 }
 
@@ -440,8 +462,9 @@ impl Index {
         self.written.get(key)
     }
 
-    pub fn all_written(&self) -> impl Iterator<Item = &Memo> + Clone {
-        self.written.values()
+    /// What each written report counts for its policy.
+    pub fn all_written(&self) -> impl Iterator<Item = (&str, bool, bool)> + Clone {
+        self.written.values().map(Memo::tally)
     }
 
     /// A report was written (or found at start-up, `keep_earlier`: a memo already there wins).
@@ -453,11 +476,25 @@ impl Index {
         }
     }
 
-    /// This replica became the leader: what it remembers having written may have been
-    /// overwritten by the leader before it, so the reports are read again before any is written.
-    pub fn new_term(&mut self) {
-        self.written.clear();
+    /// This replica became the leader of the releases of the namespaces `in_term` accepts (all
+    /// of them, or a shard's): what it remembers having written for them may have been
+    /// overwritten by the holder before it, so their reports are read again before any is
+    /// written.
+    pub fn new_term(&mut self, in_term: impl Fn(&str) -> bool) {
+        self.written.retain(|k, _| !in_term(&k.0));
         self.seeded = false;
+    }
+
+    /// The releases of the namespaces `gone` accepts are another replica's now (their shard
+    /// moved): forget what was checked and written for them. Returns the releases forgotten.
+    pub fn forget_where(&mut self, gone: impl Fn(&str) -> bool) -> Vec<ReleaseKey> {
+        let mut out: Vec<ReleaseKey> = self.verdicts.keys().chain(self.written.keys()).filter(|k| gone(&k.0)).cloned().collect();
+        out.sort();
+        out.dedup();
+        for k in &out {
+            self.forget(k);
+        }
+        out
     }
 
     /// The release is gone (or no policy covers it): forget what was written and checked.
@@ -812,12 +849,17 @@ mod tests {
         let mut index = Index::default();
         let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written::from_status(&Default::default()), written_at: Instant::now() };
         index.wrote(key("a", "web"), memo.clone(), false);
+        index.wrote(key("b", "api"), memo.clone(), false);
         index.seeded = true;
-        index.new_term();
+        index.new_term(|ns| ns == "a");
         assert!(index.written(&key("a", "web")).is_none() && !index.seeded, "another leader may have written since");
+        assert!(index.written(&key("b", "api")).is_some(), "a term of one shard keeps what another shard's says");
         let mut theirs = memo;
         theirs.drifted = false;
         index.wrote(key("a", "web"), theirs, true);
         assert!(!index.written(&key("a", "web")).unwrap().drifted, "the report's memo is taken");
+        // Its shard moves on: all of it goes, and only it.
+        assert_eq!(index.forget_where(|ns| ns == "a"), vec![key("a", "web")]);
+        assert!(index.written(&key("a", "web")).is_none() && index.written(&key("b", "api")).is_some());
     }
 }

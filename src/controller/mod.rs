@@ -55,6 +55,9 @@ pub struct Settings {
     pub concurrency: usize,
     /// Confirm local verdicts with a server-side dry-run apply (needs patch permission).
     pub confirm: bool,
+    /// Release shards by namespace, each written by the holder of its lease (`--shards`; 1: one
+    /// leader for all). Needs `leader_elect`.
+    pub shards: u32,
 }
 
 /// A unit of work: re-check everything (find gone releases, seed after a start), one release,
@@ -86,6 +89,10 @@ pub struct Controller {
     heals: Mutex<HashMap<ReleaseKey, crate::heal::HealState>>,
     /// Policy key → its status as last written (without times) and when.
     policy_written: Mutex<HashMap<String, decide::PolicyWritten>>,
+    /// With shards: what every report in scope counts for its policy, from a watch of the
+    /// reports (`listed` once every scope listed). The holder of shard 0 writes the policies'
+    /// status from it, whichever replica wrote each report.
+    tallies: Mutex<(bool, HashMap<ReleaseKey, index::Tally>)>,
     /// Kinds whose live objects are watched.
     watched_kinds: Mutex<HashSet<KindKey>>,
     queue: Mutex<WorkQueue<Work>>,
@@ -102,6 +109,40 @@ impl Controller {
     /// Whether this controller is responsible for a namespace (`--watch-namespaces`).
     fn covers(&self, ns: &str) -> bool {
         self.settings.watch_namespaces.is_empty() || self.settings.watch_namespaces.iter().any(|n| n == ns)
+    }
+
+    /// Whether this replica checks a namespace's releases: it covers the namespace, and (with
+    /// shards) holds the namespace's shard.
+    fn mine(&self, ns: &str) -> bool {
+        self.covers(ns) && self.writer.leadership.checks(ns)
+    }
+
+    /// Shard `k` was won: what this replica remembers having written for its releases may have
+    /// been overwritten by the holder before it, so their reports are read again (a new term)
+    /// and every release of the shard is checked. With one shard, that is every release.
+    fn gained(&self, k: u32) {
+        let shards = self.settings.shards;
+        let of_k = |ns: &str| lease::shard_of(ns, shards) == k;
+        self.index().new_term(of_k);
+        self.heals.lock().expect("heals").retain(|key, _| !of_k(&key.0));
+        self.enqueue(Work::All);
+    }
+
+    /// Shard `k` was lost or handed over (writing for it stopped already): with shards, its
+    /// releases are another replica's, so what was kept for them goes, metrics series included
+    /// (the new holder exports them). With one shard, a standby keeps checking.
+    fn lost(&self, k: u32) {
+        let shards = self.settings.shards;
+        if shards <= 1 {
+            return;
+        }
+        let of_k = |ns: &str| lease::shard_of(ns, shards) == k;
+        let gone = self.index().forget_where(of_k);
+        self.heals.lock().expect("heals").retain(|key, _| !of_k(&key.0));
+        for (ns, name) in gone {
+            self.cache.forget(&ns, &name);
+        }
+        self.metrics.forget_releases_where(of_k);
     }
 
     /// Whether a policy can select any release this controller covers: one in a watched
@@ -125,9 +166,10 @@ impl Controller {
     }
 
     fn enqueue_on(&self, w: Work, lane: Lane) {
-        // Another controller may own the rest of the cluster: never act outside our namespaces.
+        // Another controller (or replica, with shards) may own the rest of the cluster: never
+        // act outside our namespaces.
         if let Work::Release(ns, _) = &w {
-            if !self.covers(ns) {
+            if !self.mine(ns) {
                 return;
             }
         }
@@ -207,7 +249,8 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     let (sender, mut receiver) = mpsc::unbounded_channel();
     let (later, mut later_receiver) = mpsc::unbounded_channel();
     let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTING_CONTROLLER.into(), instance: Some(settings.identity.clone()) });
-    let leadership = Leadership::new(settings.leader_elect);
+    anyhow::ensure!(settings.shards <= 1 || settings.leader_elect, "--shards needs --leader-elect: each shard is written by the holder of its lease");
+    let leadership = Leadership::sharded(settings.leader_elect, settings.shards);
     let ctl = Arc::new(Controller {
         digest_key: digest_key::load(&client, &settings.namespace).await?,
         store: ReleaseStore::new(client.clone()),
@@ -222,6 +265,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         index: Mutex::new(Index::default()),
         heals: Mutex::new(HashMap::new()),
         policy_written: Mutex::new(HashMap::new()),
+        tallies: Mutex::new((false, HashMap::new())),
         watched_kinds: Mutex::new(HashSet::new()),
         queue: Mutex::new(WorkQueue::default()),
         sender,
@@ -231,21 +275,24 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     let mut tasks = tokio::task::JoinSet::new();
 
     if settings.leader_elect {
-        let (c, ns, id, flag, stop2, me) = (client.clone(), settings.namespace.clone(), settings.identity.clone(), leadership.flag(), stop.clone(), ctl.clone());
+        let (c, ns, id, l, stop2, me, me2) = (client.clone(), settings.namespace.clone(), settings.identity.clone(), leadership.clone(), stop.clone(), ctl.clone(), ctl.clone());
         tasks.spawn(async move {
-            lease::run(c, ns, id, flag, stop2, move || {
-                // A new leader reads what the reports say before writing any, and takes over the
-                // heal history they show (HealState::resume) rather than what it remembers from an
-                // earlier term.
-                me.index().new_term();
-                me.heals.lock().expect("heals").clear();
-                me.enqueue(Work::All)
-            })
-            .await
+            let on_gain = move |k| {
+                me.metrics.shards_held.set(me.writer.leadership.held().len() as f64);
+                me.gained(k)
+            };
+            let on_lose = move |k| {
+                me2.metrics.shards_held.set(me2.writer.leadership.held().len() as f64);
+                me2.lost(k)
+            };
+            lease::run(c, ns, id, l, stop2, on_gain, on_lose).await
         });
     }
 
     tasks.spawn(ctl.clone().watch_policies(ready));
+    if settings.shards > 1 {
+        tasks.spawn(ctl.clone().watch_tallies());
+    }
     for ns in ctl.namespaces() {
         let secrets = kube::runtime::watcher::Config::default().labels(OWNER_SELECTOR).fields(&format!("type={SECRET_TYPE}"));
         let config_maps = kube::runtime::watcher::Config::default().labels(OWNER_SELECTOR);
@@ -354,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn a_task_that_dies_steps_the_replica_down_and_stops_it() {
         let leadership = Leadership::new(true);
-        leadership.flag().store(true, Ordering::SeqCst);
+        leadership.set(0, true);
         let stop = AtomicBool::new(false);
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(std::future::pending::<()>());
@@ -364,7 +411,7 @@ mod tests {
         assert!(!leadership.leads(), "never goes on believing it leads");
         assert!(stop.load(Ordering::SeqCst));
         // A task that returns is as bad as one that panics.
-        leadership.flag().store(true, Ordering::SeqCst);
+        leadership.set(0, true);
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(async {});
         let err = supervise(tasks, &leadership, &AtomicBool::new(false), false, std::future::pending()).await.unwrap_err();

@@ -60,7 +60,7 @@ impl Controller {
         {
             let index = self.index();
             if index.records.ready() {
-                return index.records.all().into_iter().filter(|r| self.covers(&r.namespace)).collect();
+                return index.records.all().into_iter().filter(|r| self.mine(&r.namespace)).collect();
             }
         }
         let mut out = Vec::new();
@@ -69,7 +69,7 @@ impl Controller {
             for e in &listing.errors {
                 tracing::warn!(error = %e, "cannot list release storage");
             }
-            out.extend(listing.records);
+            out.extend(listing.records.into_iter().filter(|r| self.mine(&r.namespace)));
         }
         out
     }
@@ -116,7 +116,9 @@ impl Controller {
                         return None;
                     };
                     let key = (r.metadata.namespace.unwrap_or_default(), r.metadata.name.unwrap_or_default());
-                    Some((format!("{}/{}", key.0, key.1), (key, r.status.as_ref().map(Memo::of_status))))
+                    // Another shard's report is its holder's to remember.
+                    let memo = r.status.as_ref().filter(|_| self.mine(&key.0)).map(Memo::of_status);
+                    Some((format!("{}/{}", key.0, key.1), (key, memo)))
                 };
                 match list_pages(&self.client, &reports.resource_url(), ListParams::default(), || {}, keep).await {
                     Some(listed) => {
@@ -152,7 +154,7 @@ impl Controller {
             self.index().seeded = listed_all;
         }
         // Releases whose objects are stamped and that have no record: lost (LostRecords).
-        let lost: Vec<ReleaseKey> = self.index().stamped_releases().into_iter().filter(|k| !releases.contains(k) && self.covers(&k.0)).collect();
+        let lost: Vec<ReleaseKey> = self.index().stamped_releases().into_iter().filter(|k| !releases.contains(k) && self.mine(&k.0)).collect();
         self.enqueue_pass(lost);
         self.enqueue_pass(releases);
         self.enqueue_policy_status();
@@ -229,6 +231,10 @@ impl Controller {
         if !self.policies_listed.load(std::sync::atomic::Ordering::SeqCst) {
             return Settled::Done;
         }
+        // Its shard went to another replica while it waited.
+        if !self.mine(&key.0) {
+            return Settled::Done;
+        }
         let Some(records) = self.records_of(key).await else { return Settled::Retry };
         let Some(history) = group_releases(records).into_iter().next() else {
             return self.lost_or_gone(key).await;
@@ -255,6 +261,10 @@ impl Controller {
             self.enqueue_after(Work::Release(key.0.clone(), key.1.clone()), delay);
         }
         let previous = self.previous(key).await;
+        // Its shard was lost during the check: the new holder keeps its verdicts and series.
+        if !self.mine(&key.0) {
+            return Settled::Done;
+        }
         let now = jiff::Timestamp::now();
         let written_before: Vec<ResourceReport> = previous.as_ref().map(|m| m.status.status().resources).unwrap_or_default();
         status::stamp_seen(&mut report, &[&seen_before, &written_before], now);
@@ -270,6 +280,10 @@ impl Controller {
             (None, Vec::new())
         };
         let decision = decide::report(Facts { key, report: &report, history: Some(&history), policy: &policy, previous: previous.as_ref(), heal: heal.as_ref(), heal_events, now });
+        if !self.mine(&key.0) {
+            self.index().take_verdicts(key);
+            return Settled::Done;
+        }
         self.metrics.set_release(&decision.built.series(&report));
         self.metrics.set_findings(&key.0, &key.1, &report.findings.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>());
         let drifted = decision.built.drifted;
@@ -397,7 +411,7 @@ impl Controller {
         let remembered = self.heals.lock().expect("heals").remove(key);
         let mut st = remembered.unwrap_or_else(|| previous.map(|m| crate::heal::HealState::resume(&m.status.full(), now, Instant::now())).unwrap_or_default());
         let mut events = Vec::new();
-        if report.drifted && report.error.is_none() && self.writer.leadership.leads() {
+        if report.drifted && report.error.is_none() && self.writer.leadership.leads_for(&key.0) {
             let spec = &policy.spec().heal;
             let latest = history.latest();
             let first_drift = previous
@@ -431,7 +445,7 @@ impl Controller {
                         let observed = crate::cluster::heal::observe(&self.resolver, &decoded, report, &compare).await;
                         let window = crate::heal::CONTEST_WINDOW.max(policy.heal_after);
                         let mut plan = crate::heal::plan(observed, spec, decoded.release.apply_method, &mut st, window, Instant::now());
-                        let results = self.writer.heal(std::mem::take(&mut plan.actions)).await;
+                        let results = self.writer.heal(&key.0, std::mem::take(&mut plan.actions)).await;
                         let outcome = crate::heal::record(&mut st, plan, results, Instant::now(), now);
                         for _ in &outcome.newly_contested {
                             self.metrics.heals_total.with_label_values(&[&key.0, &key.1, "contested"]).inc();
@@ -459,7 +473,14 @@ impl Controller {
             return Settled::Done;
         }
         let policies: Vec<Arc<CompiledPolicy>> = self.policies.read().expect("policies").iter().filter(|p| self.may_select(&p.policy)).cloned().collect();
-        let writes = {
+        let writes = if self.settings.shards > 1 {
+            // The other shards' reports are written by other replicas: counted from what the
+            // reports' watch says (once listed: its listing asks again).
+            let tallies = self.tallies.lock().expect("tallies");
+            let (true, tallies) = &*tallies else { return Settled::Done };
+            let last = self.policy_written.lock().expect("policy status memo");
+            decide::policy_writes(&policies, tallies.values().map(super::index::Tally::tally), &last, jiff::Timestamp::now())
+        } else {
             let index = self.index();
             let last = self.policy_written.lock().expect("policy status memo");
             decide::policy_writes(&policies, index.all_written(), &last, jiff::Timestamp::now())

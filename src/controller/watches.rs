@@ -9,11 +9,11 @@ use kube::api::{DynamicObject, ObjectMeta};
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 
-use super::index::{KindKey, helm_object};
+use super::index::{KindKey, Tally, helm_object};
 use super::policy::{CompiledPolicy, policy_key};
 use super::watch::{Change, drive};
 use super::{Controller, Work};
-use crate::api::DriftPolicy;
+use crate::api::{DriftPolicy, DriftReport};
 use crate::helm::{Driver, RecordMeta};
 
 impl Controller {
@@ -76,6 +76,47 @@ impl Controller {
                 if self.may_select(&p) {
                     self.enqueue(Work::All);
                 }
+            }
+        })
+        .await
+    }
+
+    /// With shards: the reports of every shard, reduced to what the policies' status counts
+    /// ([`super::index::Tally`]). A change of a count asks the holder of shard 0 to write the
+    /// policies' status (on the `Later` lane: once for a burst of reports).
+    pub(super) async fn watch_tallies(self: Arc<Self>) {
+        let scopes = self.namespaces();
+        let listed = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
+        let watches = scopes.into_iter().map(|scope| Arc::clone(&self).watch_tallies_in(scope, listed.clone()));
+        futures::future::join_all(watches).await;
+    }
+
+    async fn watch_tallies_in(self: Arc<Self>, scope: Option<String>, unlisted: Arc<std::sync::atomic::AtomicUsize>) {
+        let api: Api<DriftReport> = match &scope {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
+        let keep = |r: DriftReport| ((r.metadata.namespace.clone().unwrap_or_default(), r.metadata.name.clone().unwrap_or_default()), r.status.as_ref().map(Tally::of_status));
+        drive("DriftReport", api, watcher::Config::default(), keep, |change| {
+            let changed = {
+                let mut tallies = self.tallies.lock().expect("tallies");
+                let (listed, all) = &mut *tallies;
+                match change {
+                    Change::Listed { objects, first } => {
+                        all.retain(|k, _| scope.as_ref().is_some_and(|s| &k.0 != s));
+                        all.extend(objects.into_iter().filter_map(|(k, t)| Some((k, t?))));
+                        // Until every scope has listed, no count is whole.
+                        if first && unlisted.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            *listed = true;
+                        }
+                        *listed
+                    }
+                    Change::Applied((k, Some(t))) => all.insert(k, t.clone()).is_none_or(|was| was != t),
+                    Change::Applied((k, None)) | Change::Deleted((k, _)) => all.remove(&k).is_some(),
+                }
+            };
+            if changed && unlisted.load(Ordering::SeqCst) == 0 && self.writer.leadership.leads() {
+                self.enqueue_policy_status();
             }
         })
         .await

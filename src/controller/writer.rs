@@ -22,7 +22,8 @@ pub enum Write {
     Report { namespace: String, name: String, status: Value, exists: bool, events: Vec<Event> },
     DeleteReport { namespace: String, name: String, why: &'static str },
     PolicyStatus { namespace: String, name: String, status: Value },
-    Heal(Action),
+    /// One action of a heal of a release in `namespace`.
+    Heal { namespace: String, action: Action },
 }
 
 impl std::fmt::Debug for Write {
@@ -34,7 +35,7 @@ impl std::fmt::Debug for Write {
             }
             Write::DeleteReport { namespace, name, why } => write!(f, "DeleteReport({namespace}/{name}: {why})"),
             Write::PolicyStatus { namespace, name, .. } => write!(f, "PolicyStatus({namespace}/{name})"),
-            Write::Heal(a) => write!(f, "Heal({}: {:?})", a.object, a.op),
+            Write::Heal { action: a, .. } => write!(f, "Heal({}: {:?})", a.object, a.op),
         }
     }
 }
@@ -47,29 +48,59 @@ pub enum Sent {
     Dropped,
 }
 
-/// Whether this replica leads (always, without leader election).
+/// Which releases this replica writes for: all of them without leader election; with it, those
+/// of the shards whose leases it holds ([`super::lease`]). One shard (the default) is the single
+/// leader: it writes for every release, and shard 0's holder writes the policies' status.
 #[derive(Clone, Debug)]
 pub struct Leadership {
     elect: bool,
-    held: Arc<AtomicBool>,
+    held: Arc<Vec<AtomicBool>>,
 }
 
 impl Leadership {
     pub fn new(elect: bool) -> Self {
-        Leadership { elect, held: Arc::new(AtomicBool::new(false)) }
+        Self::sharded(elect, 1)
     }
 
+    pub fn sharded(elect: bool, shards: u32) -> Self {
+        Leadership { elect, held: Arc::new((0..shards.max(1)).map(|_| AtomicBool::new(false)).collect()) }
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.held.len() as u32
+    }
+
+    /// Whether this replica writes what is not a release's: the policies' status (shard 0).
     pub fn leads(&self) -> bool {
-        !self.elect || self.held.load(Ordering::SeqCst)
+        !self.elect || self.held[0].load(Ordering::SeqCst)
     }
 
-    /// The flag the lease loop sets.
-    pub fn flag(&self) -> Arc<AtomicBool> {
-        self.held.clone()
+    /// Whether this replica writes for the releases of a namespace.
+    pub fn leads_for(&self, namespace: &str) -> bool {
+        !self.elect || self.held[super::lease::shard_of(namespace, self.shards()) as usize].load(Ordering::SeqCst)
+    }
+
+    /// Whether this replica checks the releases of a namespace: with one shard every replica
+    /// does (a standby keeps its verdicts warm for a failover); with shards only the holder of
+    /// the namespace's shard (the memory of the rest is what sharding saves).
+    pub fn checks(&self, namespace: &str) -> bool {
+        self.shards() == 1 || self.leads_for(namespace)
+    }
+
+    /// Sets whether shard `k` is held; returns whether it was.
+    pub fn set(&self, k: u32, held: bool) -> bool {
+        self.held[k as usize].swap(held, Ordering::SeqCst)
+    }
+
+    /// The shards held.
+    pub fn held(&self) -> Vec<u32> {
+        (0..self.shards()).filter(|&k| self.held[k as usize].load(Ordering::SeqCst)).collect()
     }
 
     pub fn step_down(&self) {
-        self.held.store(false, Ordering::SeqCst);
+        for h in self.held.iter() {
+            h.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -109,9 +140,14 @@ impl Writer {
         has
     }
 
-    /// Sends one write, if this replica leads.
+    /// Sends one write, if this replica leads for it (checked as it is sent: a shard lost
+    /// while its release was checked is written for no more).
     pub async fn send(&self, w: &Write) -> Result<Sent, kube::Error> {
-        if !self.leadership.leads() {
+        let leads = match w {
+            Write::Report { namespace, .. } | Write::DeleteReport { namespace, .. } | Write::Heal { namespace, .. } => self.leadership.leads_for(namespace),
+            Write::PolicyStatus { .. } => self.leadership.leads(),
+        };
+        if !leads {
             return Ok(Sent::Dropped);
         }
         match w {
@@ -136,18 +172,19 @@ impl Writer {
                 let body = json!({"apiVersion": "driftwatch.io/v1alpha1", "kind": "DriftPolicy", "status": status});
                 api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
             }
-            Write::Heal(action) => crate::cluster::heal::execute(&self.client, action).await?,
+            Write::Heal { action, .. } => crate::cluster::heal::execute(&self.client, action).await?,
         }
         Ok(Sent::Written)
     }
 
-    /// Runs a heal's actions, each with its error; none when this replica does not lead.
-    pub async fn heal(&self, actions: Vec<Action>) -> Vec<(Action, Result<(), crate::heal::HealFailure>)> {
+    /// Runs a heal's actions for a release in `namespace`, each with its error; none when this
+    /// replica does not lead for it.
+    pub async fn heal(&self, namespace: &str, actions: Vec<Action>) -> Vec<(Action, Result<(), crate::heal::HealFailure>)> {
         let mut out = Vec::new();
         for a in actions {
-            let w = Write::Heal(a);
+            let w = Write::Heal { namespace: namespace.to_string(), action: a };
             let result = self.send(&w).await;
-            let Write::Heal(a) = w else { unreachable!() };
+            let Write::Heal { action: a, .. } = w else { unreachable!() };
             match result {
                 Ok(Sent::Written) => out.push((a, Ok(()))),
                 Ok(Sent::Dropped) => {}
@@ -219,7 +256,7 @@ mod tests {
             Write::Report { namespace: "a".into(), name: "r".into(), status: json!({}), exists: true, events: vec![] },
             Write::DeleteReport { namespace: "a".into(), name: "r".into(), why: "the release is gone" },
             Write::PolicyStatus { namespace: "a".into(), name: "p".into(), status: json!({}) },
-            Write::Heal(Action { object: "ConfigMap/c".into(), target, op: crate::heal::Op::Apply(json!({})), paths: vec![] }),
+            Write::Heal { namespace: "a".into(), action: Action { object: "ConfigMap/c".into(), target, op: crate::heal::Op::Apply(json!({})), paths: vec![] } },
         ]
     }
 
@@ -232,14 +269,14 @@ mod tests {
         for w in writes() {
             assert_eq!(writer.send(&w).await.unwrap(), Sent::Dropped, "{w:?}");
         }
-        let Write::Heal(action) = writes().pop().unwrap() else { unreachable!() };
-        assert!(writer.heal(vec![action.clone()]).await.is_empty(), "a heal that was not sent has no result");
+        let Write::Heal { action, .. } = writes().pop().unwrap() else { unreachable!() };
+        assert!(writer.heal("a", vec![action.clone()]).await.is_empty(), "a heal that was not sent has no result");
         // Leading: every write is sent (and here fails, nothing listening).
-        leadership.flag().store(true, Ordering::SeqCst);
+        leadership.set(0, true);
         for w in writes() {
             assert!(writer.send(&w).await.is_err(), "{w:?}");
         }
-        assert!(writer.heal(vec![action.clone()]).await[0].1.is_err());
+        assert!(writer.heal("a", vec![action.clone()]).await[0].1.is_err());
         // Stepping down closes the gate again.
         leadership.step_down();
         assert_eq!(writer.send(&writes()[0]).await.unwrap(), Sent::Dropped);
@@ -249,5 +286,35 @@ mod tests {
     async fn without_leader_election_every_replica_writes() {
         assert!(Leadership::new(false).leads());
         assert!(!Leadership::new(true).leads());
+        assert!(Leadership::sharded(false, 4).leads_for("any"));
+    }
+
+    #[tokio::test]
+    async fn with_shards_a_replica_writes_for_the_namespaces_of_its_shards_only() {
+        use crate::controller::lease::shard_of;
+        let client = unreachable_client();
+        let recorder = Recorder::new(client.clone(), Reporter { controller: "test".into(), instance: None });
+        let leadership = Leadership::sharded(true, 2);
+        let writer = Writer::new(client, recorder, leadership.clone());
+        let (zero, one) = ["a", "b", "c", "d", "e"].iter().fold((None, None), |(z, o), ns| match shard_of(ns, 2) {
+            0 => (z.or(Some(*ns)), o),
+            _ => (z, o.or(Some(*ns))),
+        });
+        let (zero, one) = (zero.unwrap(), one.unwrap());
+        leadership.set(1, true);
+        let report = |ns: &str| Write::Report { namespace: ns.into(), name: "r".into(), status: json!({}), exists: true, events: vec![] };
+        assert_eq!(writer.send(&report(zero)).await.unwrap(), Sent::Dropped);
+        assert!(writer.send(&report(one)).await.is_err(), "sent (nothing listens)");
+        assert!(leadership.checks(one) && !leadership.checks(zero));
+        // The policies' status is shard 0's holder's.
+        assert_eq!(writer.send(&Write::PolicyStatus { namespace: one.into(), name: "p".into(), status: json!({}) }).await.unwrap(), Sent::Dropped);
+        // A heal goes by the release's namespace, whatever the object's.
+        let Write::Heal { action, .. } = writes().pop().unwrap() else { unreachable!() };
+        assert!(writer.heal(zero, vec![action.clone()]).await.is_empty());
+        assert_eq!(writer.heal(one, vec![action]).await.len(), 1);
+        assert_eq!(leadership.held(), vec![1]);
+        // With one shard, a standby checks everything and writes nothing.
+        let single = Leadership::new(true);
+        assert!(single.checks(zero) && !single.leads_for(zero));
     }
 }

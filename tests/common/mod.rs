@@ -249,6 +249,11 @@ pub fn start_controller_via(own_ns: &str, cluster_ns: &str, watch: &[&str], log:
 
 /// The same, as a replica with `--leader-elect` named `identity` when one is given.
 pub fn start_controller_with(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str, kubeconfig: Option<&str>, identity: Option<&str>) -> ControllerProcess {
+    start_controller_args(own_ns, cluster_ns, watch, log, kubeconfig, identity, &[])
+}
+
+/// The same, with more arguments to `driftwatch run` (`--shards 2`).
+pub fn start_controller_args(own_ns: &str, cluster_ns: &str, watch: &[&str], log: &str, kubeconfig: Option<&str>, identity: Option<&str>, extra: &[&str]) -> ControllerProcess {
     apply_crds();
     let [metrics_port, health_port] = free_ports();
     let log = std::fs::File::create(log).unwrap();
@@ -267,6 +272,7 @@ pub fn start_controller_with(own_ns: &str, cluster_ns: &str, watch: &[&str], log
             "json",
         ])
         .args(identity.map(|_| "--leader-elect"))
+        .args(extra)
         .envs(identity.map(|i| ("POD_NAME", i)))
         .env("POD_NAMESPACE", own_ns)
         .env("KUBECONFIG", kubeconfig.map(str::to_string).unwrap_or_else(|| std::env::var("KUBECONFIG").unwrap_or_default()))

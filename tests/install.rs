@@ -48,7 +48,7 @@ fn can_i(sa: &str, what: &[&str]) -> bool {
 #[tokio::test]
 async fn chart_lints_validates_and_matches_its_twins() {
     for helm in Helm::ALL {
-        for set in ["", "prometheusRule.enabled=true,dashboard.enabled=true,metrics.serviceMonitor.enabled=true,heal.enabled=true", "watchNamespaces={a,b}", "watchNamespaces={a},clusterPolicyNamespaces={a,platform}"] {
+        for set in ["", "prometheusRule.enabled=true,dashboard.enabled=true,metrics.serviceMonitor.enabled=true,heal.enabled=true", "watchNamespaces={a,b}", "watchNamespaces={a},clusterPolicyNamespaces={a,platform}", "leaderElection.shards=8,replicaCount=4"] {
             let path = chart();
             let mut args = vec!["lint", "--strict", path.as_str()];
             if !set.is_empty() {
@@ -58,7 +58,7 @@ async fn chart_lints_validates_and_matches_its_twins() {
             assert!(out.status.success(), "helm {helm:?} lint --strict {set}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         }
         // Bad values are refused, naming the value.
-        for (set, named) in [("replicaCount=two", "/replicaCount"), ("antiAffinity=sometimes", "/antiAffinity"), ("replicaz=2", "replicaz"), ("logFormat=xml", "/logFormat"), ("defaultPolicy.interval=soon", "/defaultPolicy/interval")] {
+        for (set, named) in [("replicaCount=two", "/replicaCount"), ("antiAffinity=sometimes", "/antiAffinity"), ("replicaz=2", "replicaz"), ("logFormat=xml", "/logFormat"), ("defaultPolicy.interval=soon", "/defaultPolicy/interval"), ("leaderElection.shards=0", "/leaderElection/shards"), ("leaderElection.shards=2,leaderElection.enabled=false", "leaderElection.shards above 1 needs leaderElection.enabled")] {
             let out = helm.run(&["template", "x", &chart(), "--set", set]);
             let said = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success() && said.contains(named), "helm {helm:?} template --set {set}: {said}");

@@ -68,8 +68,8 @@ struct Args {
     /// releases the timed edits do not touch (each a real change the controller must check).
     #[arg(long, default_value_t = 0.0)]
     churn: f64,
-    /// After the other phases: a cold start split over this many controllers, each watching its
-    /// share of the namespaces (docs/SCALING.md's shards by namespace, without the leases).
+    /// After the other phases: a cold start over this many replicas with `--leader-elect
+    /// --shards <this>` (docs/SCALING.md), and a replica killed.
     #[arg(long, default_value_t = 1)]
     shards: usize,
     /// The controller's `--workers` (0: its default).
@@ -180,9 +180,14 @@ fn workers_arg(workers: usize) -> Vec<String> {
 
 /// The controller's metrics page; empty when it cannot be read.
 async fn controller_metrics() -> String {
-    let text = tokio::task::spawn_blocking(|| {
+    metrics_page(26880).await
+}
+
+/// A controller's metrics page at this port; empty when it cannot be read.
+async fn metrics_page(port: u16) -> String {
+    let text = tokio::task::spawn_blocking(move || {
         use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect("127.0.0.1:26880").ok()?;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
         let mut body = String::new();
@@ -624,30 +629,40 @@ async fn main() -> anyhow::Result<()> {
     let _ = controller_pid;
 
     // ---- 4b. shards by namespace ------------------------------------------------------
-    // A measured simulation of docs/SCALING.md's split: S controllers at once, controller k
-    // watching the namespaces fleet-i with i mod S = k (--watch-namespaces), from no reports to
-    // every report Ready; each one's CPU, peak and steady RSS.
+    // docs/SCALING.md's shards, for real: S replicas with --leader-elect --shards S share the
+    // shards by their Leases, from no reports to every report Ready; each one's CPU, peak and
+    // steady RSS, its shards and releases. Then the last replica is killed (no hand-over): how
+    // long until the others hold its shards, and every report is Ready again after an edit in
+    // each of its namespaces.
     if args.shards > 1 {
         let shards = args.shards;
-        log(&format!("shards: a cold start over {shards} controllers, each watching its namespaces"));
+        log(&format!("shards: a cold start over {shards} replicas with --shards {shards}"));
         fresh_start(&client, &reports, &notify, args.namespaces).await?;
+        // No lease of an earlier run may hold a shard for a replica that is gone.
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client.clone(), "driftwatch-system");
+        for l in leases.list(&Default::default()).await?.items {
+            let name = l.metadata.name.unwrap_or_default();
+            if name.starts_with("driftwatch-") {
+                let _ = leases.delete(&name, &Default::default()).await;
+            }
+        }
         let before = requests(&client).await?;
         let t0 = Instant::now();
         let mut children = Vec::new();
+        let port = |k: usize| 26882 + 2 * k as u16;
         for k in 0..shards {
-            let namespaces: Vec<String> = (0..args.namespaces).filter(|i| i % shards == k).map(|i| format!("fleet-{i:02}")).collect();
             let logfile = std::fs::File::create(args.out.join(format!("shard-{k}.log")))?;
             let child = tokio::process::Command::new(&args.driftwatch)
-                .args(["run", "--metrics-addr", &format!("127.0.0.1:{}", 26882 + 2 * k), "--health-addr", &format!("127.0.0.1:{}", 26883 + 2 * k)])
-                .args(["--watch-namespaces", &namespaces.join(",")])
+                .args(["run", "--metrics-addr", &format!("127.0.0.1:{}", port(k)), "--health-addr", &format!("127.0.0.1:{}", port(k) + 1)])
+                .args(["--leader-elect", "--shards", &shards.to_string()])
                 .args(workers_arg(args.workers))
                 .env("POD_NAMESPACE", "driftwatch-system")
-                .env("POD_NAME", format!("shard-{k}"))
+                .env("POD_NAME", format!("replica-{k}"))
                 .stdout(Stdio::null())
                 .stderr(logfile)
                 .kill_on_drop(true)
                 .spawn()
-                .context("starting a shard's controller")?;
+                .context("starting a replica")?;
             children.push(child);
         }
         let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
@@ -659,6 +674,30 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(30)).await;
         let steady: Vec<f64> = pids.iter().map(|p| status_kib(*p, "VmRSS:").unwrap_or(0.0) / 1024.0).collect();
         let peak: Vec<f64> = pids.iter().map(|p| status_kib(*p, "VmHWM:").unwrap_or(0.0) / 1024.0).collect();
+        // Each replica's shards and the releases it exports (its own shards' only).
+        let mut held = Vec::new();
+        for k in 0..shards {
+            let page = metrics_page(port(k)).await;
+            let value = |prefix: &str| page.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).unwrap_or(0.0);
+            held.push((value("driftwatch_shards_held ") as usize, page.lines().filter(|l| l.starts_with("helm_release_info{")).count()));
+        }
+        // The last replica dies.
+        let last = shards - 1;
+        let _ = std::process::Command::new("kill").args(["-9", &pids[last].to_string()]).status();
+        let k0 = Instant::now();
+        let mut took_over = None;
+        while k0.elapsed() < Duration::from_secs(90) {
+            let mut sum = 0;
+            for k in 0..last {
+                let page = metrics_page(port(k)).await;
+                sum += page.lines().find(|l| l.starts_with("driftwatch_shards_held ")).and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).unwrap_or(0.0) as usize;
+            }
+            if sum == shards {
+                took_over = Some(k0.elapsed().as_secs_f64());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         for p in &pids {
             let _ = std::process::Command::new("kill").arg(p.to_string()).status();
         }
@@ -666,15 +705,22 @@ async fn main() -> anyhow::Result<()> {
             let _ = tokio::time::timeout(Duration::from_secs(120), c.wait()).await;
         }
         let list = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(" / ");
-        log(&format!("shards: {cold:.1} s, {} API requests", total(&req)));
+        let held_list = held.iter().map(|(s, r)| format!("{s} shards, {r} releases")).collect::<Vec<_>>().join(" / ");
+        log(&format!("shards: {cold:.1} s, {} API requests; {held_list}", total(&req)));
         rows.push((
-            format!("{shards} shards by namespace: cold start → every report Ready"),
-            format!("{cold:.1} s{}; controller CPU {} s; RSS steady {} MiB, peak {} MiB", if done { "" } else { " (not all Ready)" }, list(&cpu), list(&steady), list(&peak)),
+            format!("{shards} replicas, --shards {shards}: cold start → every report Ready"),
+            format!("{cold:.1} s{}; controller CPU {} s; RSS steady {} MiB, peak {} MiB; {held_list}", if done { "" } else { " (not all Ready)" }, list(&cpu), list(&steady), list(&peak)),
             "".into(),
         ));
-        rows.push((format!("API requests, {shards} shards' cold scan (all clients)"), format!("{}", total(&req)), "".into()));
-        detail.push_str(&requests_md(&format!("{shards} shards' cold scan"), &req));
-        j["shards"] = json!({"shards": shards, "seconds": cold, "allReady": done, "controllerCpuSeconds": cpu, "rssMiBSteady": steady, "rssMiBPeak": peak, "requests": requests_json(&req)});
+        rows.push((format!("API requests, {shards} replicas' cold scan (all clients)"), format!("{}", total(&req)), "".into()));
+        rows.push((
+            "a replica killed: until the others hold its shards".into(),
+            took_over.map_or("not within 90 s".into(), |s| format!("{s:.1} s (the lease is {} s)", 10)),
+            "".into(),
+        ));
+        detail.push_str(&requests_md(&format!("{shards} replicas' cold scan"), &req));
+        j["shards"] = json!({"shards": shards, "seconds": cold, "allReady": done, "controllerCpuSeconds": cpu, "rssMiBSteady": steady, "rssMiBPeak": peak,
+            "held": held.iter().map(|(s, r)| json!({"shards": s, "releases": r})).collect::<Vec<_>>(), "takeOverSeconds": took_over, "requests": requests_json(&req)});
     }
 
     // ---- 5. the helm-diff loop ----------------------------------------------------------

@@ -129,4 +129,14 @@ async fn bad_arguments_are_refused_clearly() {
     let out = driftwatch_env(&["check", "nosuchrelease", "-n", "default"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("release \"nosuchrelease\" not found in namespace default"));
+    // Shards without leader election would be two writers for every release: refused before
+    // anything starts. So are no shards at all.
+    let out = driftwatch_env(&["run", "--shards", "2"], &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shards 2 needs --leader-elect"), "{err}");
+    let out = driftwatch_env(&["run", "--leader-elect", "--shards", "0"], &[]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shards") && err.contains("0 is not in 1..=256"), "{err}");
 }

@@ -125,6 +125,10 @@ impl Controller {
         let of_k = |ns: &str| lease::shard_of(ns, shards) == k;
         self.index().new_term(of_k);
         self.heals.lock().expect("heals").retain(|key, _| !of_k(&key.0));
+        if k == 0 {
+            // The policies' status too: another replica may have written it since.
+            self.policy_written.lock().expect("policy status memo").clear();
+        }
         self.enqueue(Work::All);
     }
 

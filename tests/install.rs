@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Helm, TestNamespace, apply_yaml, condition, drifted, kubectl, report, set_memory, wait_for};
+use driftwatch::controller::lease::{lease_name, shard_of};
 use serde_json::Value;
 
 const CHART: &str = "charts/driftwatch";
@@ -293,6 +294,27 @@ async fn install_on_the_node(helm: Helm) {
     wait_for("the heal from the pod", 120, || (kubectl(&["get", "deployment/app-fullstack", "-n", a, "-o", &format!("jsonpath={mem}")]) == "512Mi").then_some(()));
     let r = wait_for("InSync after the heal", 60, || report(a, "app").filter(|r| drifted(r) == Some("False")));
     assert_eq!(condition(&r, "Healed").unwrap()["reason"], "HealSucceeded", "{}", r["status"]);
+
+    // Two shards: the rollout's new pods take no shard while an old pod holds the one-shard
+    // Lease; then each holds one, and the sample's report is written by its shard's holder.
+    helm.ok(&["upgrade", &release, &chart(), "-n", p, "--set", &watch, "--set", "heal.enabled=true,leaderElection.shards=2", "--wait", "--timeout", "120s"]);
+    assert!(can_i(&sa, &["list", "leases", "-n", p]) && can_i(&sa, &["delete", "leases", "-n", p]));
+    let shard_holder = |k: u32| {
+        let out = sh("kubectl", &["get", "lease", &lease_name(k, 2), "-n", p, "-o", "jsonpath={.spec.holderIdentity}"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (h0, h1) = wait_for("each of the two pods to hold one shard", 90, || {
+        let (h0, h1) = (shard_holder(0), shard_holder(1));
+        let running: Vec<String> = pods(p).into_iter().map(|(n, _, _)| n).collect();
+        (h0 != h1 && running.contains(&h0) && running.contains(&h1)).then_some((h0, h1))
+    });
+    eprintln!("[{helm:?}] --shards 2: shard 0 held by {h0}, shard 1 by {h1}");
+    set_memory(a, "app-fullstack", "512Mi", "768Mi");
+    wait_for("the heal from the shard's holder", 120, || (kubectl(&["get", "deployment/app-fullstack", "-n", a, "-o", &format!("jsonpath={mem}")]) == "512Mi").then_some(()));
+    let (holder_of_a, other) = if shard_of(a, 2) == 0 { (&h0, &h1) } else { (&h1, &h0) };
+    let wrote = |pod: &str| kubectl(&["logs", pod, "-n", p]).lines().any(|l| l.contains("DriftReport written") && l.contains(a));
+    wait_for("the report written by the holder of its shard", 30, || wrote(holder_of_a).then_some(()));
+    assert!(!wrote(other), "{other} does not hold {a}'s shard and wrote its report");
 
     for (pid, rss, cgroup) in pod_controllers_memory() {
         eprintln!("[{helm:?}] a controller in a pod (pid {pid}): VmRSS {rss} KiB, its container's memory cgroup {cgroup} KiB");

@@ -204,8 +204,6 @@ pub async fn run(
                         tracing::info!(identity, shard = k, share = plan.share, replicas = plan.members, "handing a shard over to even out the replicas' shares");
                     }
                     apply(&held, true);
-                    let frees = plan.hand_over.iter().map(|&k| free(&api, &listed, lease_name(k, shards)));
-                    let _ = tokio::time::timeout(ATTEMPT_TIMEOUT, futures::future::join_all(frees)).await;
                 }
                 let tries = plan.keep.iter().chain(&plan.take).map(|&k| {
                     let api = &api;
@@ -227,9 +225,16 @@ pub async fn run(
                     }
                     Err(_) => tracing::warn!(timeout_s = ATTEMPT_TIMEOUT.as_secs(), "leader election: lease request did not answer in time"),
                 }
-                if shards > 1 && held.contains(&0) {
-                    forget_gone_members(&api, &listed, now_ms).await;
-                }
+                // Then, within the turn's time (a turn that overran would leave a replica
+                // believing it holds leases that expired): let the handed-over shards go, and
+                // forget the replicas gone for an hour.
+                let frees = futures::future::join_all(plan.hand_over.iter().map(|&k| free(&api, &listed, lease_name(k, shards))));
+                let gone = async {
+                    if shards > 1 && held.contains(&0) {
+                        forget_gone_members(&api, &listed, now_ms).await;
+                    }
+                };
+                let _ = tokio::time::timeout_at(deadline, futures::future::join(frees, gone)).await;
                 held
             }
             Ok(Err(e)) => {

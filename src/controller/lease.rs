@@ -9,6 +9,8 @@
 //! (`ceil(S / replicas)`, [`plan`]), so shards spread as replicas come and go.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -17,7 +19,6 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
-use super::writer::Leadership;
 
 pub const LEASE_NAME: &str = "driftwatch-controller";
 pub const LEASE_SECONDS: i32 = 10;
@@ -70,6 +71,62 @@ fn parse_shard(name: &str) -> Option<(u32, u32)> {
     let (k, s) = name.strip_prefix(SHARD_PREFIX)?.split_once("-of-")?;
     let (k, s) = (k.parse().ok()?, s.parse().ok()?);
     (k < s && s > 1).then_some((k, s))
+}
+
+/// Which releases this replica writes for: all of them without leader election; with it, those
+/// of the shards whose leases it holds (this module). One shard (the default) is the single
+/// leader: it writes for every release, and shard 0's holder writes the policies' status.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    elect: bool,
+    held: Arc<Vec<AtomicBool>>,
+}
+
+impl Leadership {
+    pub fn new(elect: bool) -> Self {
+        Self::sharded(elect, 1)
+    }
+
+    pub fn sharded(elect: bool, shards: u32) -> Self {
+        Leadership { elect, held: Arc::new((0..shards.max(1)).map(|_| AtomicBool::new(false)).collect()) }
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.held.len() as u32
+    }
+
+    /// Whether this replica writes what is not a release's: the policies' status (shard 0).
+    pub fn leads(&self) -> bool {
+        !self.elect || self.held[0].load(Ordering::SeqCst)
+    }
+
+    /// Whether this replica writes for the releases of a namespace.
+    pub fn leads_for(&self, namespace: &str) -> bool {
+        !self.elect || self.held[shard_of(namespace, self.shards()) as usize].load(Ordering::SeqCst)
+    }
+
+    /// Whether this replica checks the releases of a namespace: with one shard every replica
+    /// does (a standby keeps its verdicts warm for a failover); with shards only the holder of
+    /// the namespace's shard (the memory of the rest is what sharding saves).
+    pub fn checks(&self, namespace: &str) -> bool {
+        self.shards() == 1 || self.leads_for(namespace)
+    }
+
+    /// Sets whether shard `k` is held; returns whether it was.
+    pub fn set(&self, k: u32, held: bool) -> bool {
+        self.held[k as usize].swap(held, Ordering::SeqCst)
+    }
+
+    /// The shards held.
+    pub fn held(&self) -> Vec<u32> {
+        (0..self.shards()).filter(|&k| self.held[k as usize].load(Ordering::SeqCst)).collect()
+    }
+
+    pub fn step_down(&self) {
+        for h in self.held.iter() {
+            h.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 /// One Lease as the planner sees it.
@@ -163,7 +220,7 @@ pub async fn run(
     namespace: String,
     identity: String,
     leadership: Leadership,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     on_gain: impl Fn(u32),
     on_lose: impl Fn(u32),
 ) {
@@ -188,7 +245,7 @@ pub async fn run(
             }
         }
     };
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
         let deadline = tokio::time::Instant::now() + ATTEMPT_TIMEOUT;
         // A turn that does not answer well within the lease's term counts as lost: this replica
         // stops writing before another may take over (never two writers).

@@ -34,7 +34,8 @@ use crate::metrics::Metrics;
 use index::{Index, KindKey, ReleaseKey};
 use policy::{CompiledPolicy, Tenancy};
 use queue::{Lane, Settled, WorkQueue};
-use writer::{Leadership, Writer};
+use lease::Leadership;
+use writer::Writer;
 
 pub const REPORTING_CONTROLLER: &str = "driftwatch.io/controller";
 

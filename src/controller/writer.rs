@@ -2,14 +2,12 @@
 //! and heal actions, and the one place that drops them when this replica does not lead. Every
 //! replica watches and checks; only the lease holder writes.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, Recorder};
 use kube::{Client, Resource as _};
 use serde_json::{Value, json};
 
+use super::lease::Leadership;
 use crate::api::{DriftPolicy, DriftReport};
 use crate::heal::Action;
 
@@ -46,62 +44,6 @@ pub enum Sent {
     Written,
     /// Not the leader: nothing was sent.
     Dropped,
-}
-
-/// Which releases this replica writes for: all of them without leader election; with it, those
-/// of the shards whose leases it holds ([`super::lease`]). One shard (the default) is the single
-/// leader: it writes for every release, and shard 0's holder writes the policies' status.
-#[derive(Clone, Debug)]
-pub struct Leadership {
-    elect: bool,
-    held: Arc<Vec<AtomicBool>>,
-}
-
-impl Leadership {
-    pub fn new(elect: bool) -> Self {
-        Self::sharded(elect, 1)
-    }
-
-    pub fn sharded(elect: bool, shards: u32) -> Self {
-        Leadership { elect, held: Arc::new((0..shards.max(1)).map(|_| AtomicBool::new(false)).collect()) }
-    }
-
-    pub fn shards(&self) -> u32 {
-        self.held.len() as u32
-    }
-
-    /// Whether this replica writes what is not a release's: the policies' status (shard 0).
-    pub fn leads(&self) -> bool {
-        !self.elect || self.held[0].load(Ordering::SeqCst)
-    }
-
-    /// Whether this replica writes for the releases of a namespace.
-    pub fn leads_for(&self, namespace: &str) -> bool {
-        !self.elect || self.held[super::lease::shard_of(namespace, self.shards()) as usize].load(Ordering::SeqCst)
-    }
-
-    /// Whether this replica checks the releases of a namespace: with one shard every replica
-    /// does (a standby keeps its verdicts warm for a failover); with shards only the holder of
-    /// the namespace's shard (the memory of the rest is what sharding saves).
-    pub fn checks(&self, namespace: &str) -> bool {
-        self.shards() == 1 || self.leads_for(namespace)
-    }
-
-    /// Sets whether shard `k` is held; returns whether it was.
-    pub fn set(&self, k: u32, held: bool) -> bool {
-        self.held[k as usize].swap(held, Ordering::SeqCst)
-    }
-
-    /// The shards held.
-    pub fn held(&self) -> Vec<u32> {
-        (0..self.shards()).filter(|&k| self.held[k as usize].load(Ordering::SeqCst)).collect()
-    }
-
-    pub fn step_down(&self) {
-        for h in self.held.iter() {
-            h.store(false, Ordering::SeqCst);
-        }
-    }
 }
 
 pub struct Writer {

@@ -19,7 +19,6 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
-
 pub const LEASE_NAME: &str = "driftwatch-controller";
 pub const LEASE_SECONDS: i32 = 10;
 const SHARD_PREFIX: &str = "driftwatch-shard-";

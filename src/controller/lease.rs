@@ -173,7 +173,9 @@ pub struct Plan {
     /// `ceil(shards / members)`.
     pub share: usize,
     /// A lease of another layout (another `--shards`) is held by another replica: nothing is
-    /// taken until it is let go (two layouts would mean two writers for a release).
+    /// taken until it is let go (two layouts would mean two writers for a release). If this
+    /// replica holds leases too (both layouts took theirs in one turn, before either saw the
+    /// other), the layout with fewer shards hands all of its over.
     pub other_layout: bool,
 }
 
@@ -194,8 +196,16 @@ pub fn plan(me: &str, shards: u32, leases: &[Seen], now_ms: i64) -> Plan {
     let share = (shards as usize).div_ceil(members);
     let lease = |k: u32| leases.iter().find(|l| l.name == lease_name(k, shards));
     let mine: Vec<u32> = (0..shards).filter(|&k| lease(k).is_some_and(|l| l.holder == me)).collect();
-    let other_layout = leases.iter().any(|l| parse_shard(&l.name).is_some_and(|(_, s)| s != shards) && l.holder != me && l.live(now_ms));
-    let (keep, hand_over) = if mine.len() > share { (mine[..share].to_vec(), mine[share..].to_vec()) } else { (mine.clone(), Vec::new()) };
+    let others: Vec<u32> = leases.iter().filter(|l| l.holder != me && l.live(now_ms)).filter_map(|l| parse_shard(&l.name)).map(|(_, s)| s).filter(|&s| s != shards).collect();
+    let other_layout = !others.is_empty();
+    let yields = others.iter().any(|&s| s > shards);
+    let (keep, hand_over) = if yields {
+        (Vec::new(), mine.clone())
+    } else if mine.len() > share {
+        (mine[..share].to_vec(), mine[share..].to_vec())
+    } else {
+        (mine.clone(), Vec::new())
+    };
     let mut take = Vec::new();
     if !other_layout {
         let start = shard_of(me, shards);
@@ -513,5 +523,12 @@ mod tests {
         // Once it expired (or was let go), they do.
         assert_eq!(plan("new", 2, &[shard(0, 1, "old", 30)], NOW).take.len(), 2);
         assert_eq!(plan("new", 2, &[shard(0, 1, "", 2)], NOW).take.len(), 2);
+        // Both layouts took leases in one turn: the one with fewer shards hands all of its
+        // over, the other keeps what it holds.
+        let both = [shard(0, 1, "old", 1), shard(1, 2, "new", 1)];
+        let old = plan("old", 1, &both, NOW);
+        assert_eq!((old.keep, old.hand_over, old.take), (vec![], vec![0], vec![]));
+        let new = plan("new", 2, &both, NOW);
+        assert_eq!((new.keep, new.hand_over, new.take), (vec![1], vec![], vec![]));
     }
 }

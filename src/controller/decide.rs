@@ -119,9 +119,10 @@ pub fn lost_records_report(key: &ReleaseKey, objects: Vec<FindingResource>) -> R
 pub type PolicyWritten = (serde_json::Value, String, Instant);
 
 /// The status writes of the policies this controller answers for, from what is written for
-/// each release (its policy, whether it drifted, whether it is unhealthy: [`super::index::Tally`]). An unchanged status is written again once an interval (for `lastScanTime`).
-/// Returns each write with the comparable status and transition time to remember once it
-/// went through.
+/// each release (its policy, whether it drifted, whether it is unhealthy:
+/// [`super::index::Tally`]). An unchanged status is written again once an interval (for
+/// `lastScanTime`). Returns each write with the comparable status and transition time to
+/// remember once it went through.
 pub fn policy_writes<'m>(
     policies: &[std::sync::Arc<CompiledPolicy>],
     written: impl Iterator<Item = (&'m str, bool, bool)> + Clone,

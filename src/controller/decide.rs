@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kube::runtime::events::{Event, EventType};
 use serde_json::json;
 
-use super::index::{KindKey, Memo, ObjectId, ReleaseKey};
+use super::index::{KindKey, Memo, ObjectId, ReleaseKey, Tally};
 use super::policy::CompiledPolicy;
 use super::status::{self, Built, HealView};
 use super::writer::Write;
@@ -59,14 +59,14 @@ pub fn report(f: Facts) -> Decision {
     let changed = f.previous.is_none_or(|m| m.status.comparable != built.written.comparable);
     let stale = f.previous.is_none_or(|m| m.written_at.elapsed() >= refresh_period(f.key, f.policy.interval));
     let mut events = f.heal_events;
-    events.extend(status::transition_event(f.previous.map(|m| m.drifted), &built));
+    events.extend(status::transition_event(f.previous.map(|m| m.tally.drifted), &built));
     // A release that turns uncheckable (or uncheckable for another reason) says why, once.
     if let (Some(kind), Some(message)) = (f.report.error_kind, &f.report.error)
         && f.previous.and_then(|m| m.status.not_ready_reason()).as_deref() != Some(kind.reason())
     {
         events.push(Event { type_: EventType::Warning, reason: kind.reason().into(), note: Some(message.clone()), action: "Check".into(), secondary: None });
     }
-    if built.unhealthy && f.previous.is_none_or(|m| !m.unhealthy) {
+    if built.unhealthy && f.previous.is_none_or(|m| !m.tally.unhealthy) {
         events.push(Event { type_: EventType::Warning, reason: "ReleaseUnhealthy".into(), note: Some(built.health_message.clone()), action: "Check".into(), secondary: None });
     }
     let write = (changed || stale).then(|| Write::Report {
@@ -76,8 +76,9 @@ pub fn report(f: Facts) -> Decision {
         exists: f.previous.is_some(),
         events,
     });
-    let policy_counts_change = f.previous.is_none_or(|m| m.drifted != built.drifted || m.policy != f.policy.key);
-    let memo = Memo { policy: f.policy.key.clone(), drifted: built.drifted, unhealthy: built.unhealthy, status: built.written.clone(), written_at: Instant::now() };
+    let policy_counts_change = f.previous.is_none_or(|m| m.tally.drifted != built.drifted || m.tally.policy != f.policy.key);
+    let tally = Tally { policy: f.policy.key.clone(), drifted: built.drifted, unhealthy: built.unhealthy };
+    let memo = Memo { tally, status: built.written.clone(), written_at: Instant::now() };
     Decision { built, write, memo, policy_counts_change }
 }
 
@@ -119,20 +120,20 @@ pub fn lost_records_report(key: &ReleaseKey, objects: Vec<FindingResource>) -> R
 pub type PolicyWritten = (serde_json::Value, String, Instant);
 
 /// The status writes of the policies this controller answers for, from what is written for
-/// each release (its policy, whether it drifted, whether it is unhealthy:
-/// [`super::index::Tally`]). An unchanged status is written again once an interval (for
+/// each release ([`Tally`]: its policy, whether it drifted, whether it is unhealthy). An
+/// unchanged status is written again once an interval (for
 /// `lastScanTime`). Returns each write with the comparable status and transition time to
 /// remember once it went through.
 pub fn policy_writes<'m>(
     policies: &[std::sync::Arc<CompiledPolicy>],
-    written: impl Iterator<Item = (&'m str, bool, bool)> + Clone,
+    written: impl Iterator<Item = &'m Tally> + Clone,
     last: &std::collections::HashMap<String, PolicyWritten>,
     now: jiff::Timestamp,
 ) -> Vec<(String, serde_json::Value, String, Write)> {
     let mut out = Vec::new();
     for p in policies {
-        let mine: Vec<(&str, bool, bool)> = written.clone().filter(|m| m.0 == p.key).collect();
-        let comparable = status::policy_status(p, mine.len(), mine.iter().filter(|m| m.1).count(), mine.iter().filter(|m| m.2).count());
+        let mine: Vec<&Tally> = written.clone().filter(|t| t.policy == p.key).collect();
+        let comparable = status::policy_status(p, mine.len(), mine.iter().filter(|t| t.drifted).count(), mine.iter().filter(|t| t.unhealthy).count());
         let before = last.get(&p.key);
         if before.is_some_and(|(c, _, at)| c == &comparable && at.elapsed() < p.interval) {
             continue;
@@ -196,7 +197,7 @@ mod tests {
         }
         assert_eq!(reasons(&first), vec!["DriftDetected"]);
         assert!(first.policy_counts_change);
-        assert_eq!((first.memo.policy.as_str(), first.memo.drifted), ("prod/p", true));
+        assert_eq!((first.memo.tally.policy.as_str(), first.memo.tally.drifted), ("prod/p", true));
         let again = decide(&checked(true), Some(&first.memo), ReleaseStatus::Deployed);
         assert!(again.write.is_none(), "nothing changed and no refresh is due");
         assert!(!again.policy_counts_change);
@@ -285,7 +286,7 @@ mod tests {
         let failed = decide(&checked(false), None, ReleaseStatus::Failed).memo;
         let memos = [drifted, failed];
         let mut last = HashMap::new();
-        let writes = policy_writes(&policies, memos.iter().map(Memo::tally), &last, jiff::Timestamp::now());
+        let writes = policy_writes(&policies, memos.iter().map(|m| &m.tally), &last, jiff::Timestamp::now());
         assert_eq!(writes.len(), 2);
         let (key, comparable, since, write) = &writes[0];
         assert_eq!(key, "prod/p");
@@ -303,11 +304,11 @@ mod tests {
             last.insert(key, (comparable, since, Instant::now()));
         }
         let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(90);
-        assert!(policy_writes(&policies, memos.iter().map(Memo::tally), &last, later).is_empty(), "unchanged within the interval: nothing written");
+        assert!(policy_writes(&policies, memos.iter().map(|m| &m.tally), &last, later).is_empty(), "unchanged within the interval: nothing written");
         // A third release: the counts change, the condition's transition time does not.
         let third = decide(&checked(false), None, ReleaseStatus::Deployed).memo;
         let more = [memos[0].clone(), memos[1].clone(), third];
-        let writes = policy_writes(&policies[..1], more.iter().map(Memo::tally), &last, later);
+        let writes = policy_writes(&policies[..1], more.iter().map(|m| &m.tally), &last, later);
         assert_eq!(writes.len(), 1);
         assert_eq!(writes[0].1["matchedReleases"].as_u64(), Some(3));
         assert_eq!(&writes[0].2, &last["prod/p"].1, "still Ready: the transition time is kept");

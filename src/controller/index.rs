@@ -204,9 +204,8 @@ struct KeptVerdicts {
 /// What was last written for a release (or found written at start-up).
 #[derive(Clone, Debug)]
 pub struct Memo {
-    pub policy: String,
-    pub drifted: bool,
-    pub unhealthy: bool,
+    /// What the release's report counts for its policy.
+    pub tally: Tally,
     pub status: super::status::Written,
     pub written_at: Instant,
 }
@@ -215,12 +214,7 @@ impl Memo {
     /// What an existing report says (after a restart or a leadership change: an unchanged
     /// status is not written again and condition times are kept).
     pub fn of_status(st: &crate::api::DriftReportStatus) -> Memo {
-        let Tally { policy, drifted, unhealthy } = Tally::of_status(st);
-        Memo { policy, drifted, unhealthy, status: super::status::Written::from_status(st), written_at: Instant::now() }
-    }
-
-    pub fn tally(&self) -> (&str, bool, bool) {
-        (&self.policy, self.drifted, self.unhealthy)
+        Memo { tally: Tally::of_status(st), status: super::status::Written::from_status(st), written_at: Instant::now() }
     }
 }
 
@@ -240,10 +234,6 @@ impl Tally {
             drifted: st.drift.as_deref() == Some("Drifted"),
             unhealthy: st.conditions.iter().any(|c| c.type_ == "ReleaseHealthy" && c.status == "False"),
         }
-    }
-
-    pub fn tally(&self) -> (&str, bool, bool) {
-        (&self.policy, self.drifted, self.unhealthy)
     }
 }
 
@@ -463,8 +453,8 @@ impl Index {
     }
 
     /// What each written report counts for its policy.
-    pub fn all_written(&self) -> impl Iterator<Item = (&str, bool, bool)> + Clone {
-        self.written.values().map(Memo::tally)
+    pub fn all_written(&self) -> impl Iterator<Item = &Tally> + Clone {
+        self.written.values().map(|m| &m.tally)
     }
 
     /// A report was written (or found at start-up, `keep_earlier`: a memo already there wins).
@@ -834,12 +824,12 @@ mod tests {
     #[test]
     fn forgetting_a_release_says_whether_a_report_was_written() {
         let mut index = Index::default();
-        let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written::from_status(&Default::default()), written_at: Instant::now() };
+        let memo = Memo { tally: Tally { policy: "p".into(), drifted: true, unhealthy: false }, status: super::super::status::Written::from_status(&Default::default()), written_at: Instant::now() };
         index.wrote(key("a", "web"), memo.clone(), false);
         let mut other = memo.clone();
-        other.drifted = false;
+        other.tally.drifted = false;
         index.wrote(key("a", "web"), other, true);
-        assert!(index.written(&key("a", "web")).unwrap().drifted, "a seeded memo never replaces one already known");
+        assert!(index.written(&key("a", "web")).unwrap().tally.drifted, "a seeded memo never replaces one already known");
         assert!(index.forget(&key("a", "web")));
         assert!(!index.forget(&key("a", "web")));
     }
@@ -847,7 +837,7 @@ mod tests {
     #[test]
     fn a_new_term_reads_the_reports_again() {
         let mut index = Index::default();
-        let memo = Memo { policy: "p".into(), drifted: true, unhealthy: false, status: super::super::status::Written::from_status(&Default::default()), written_at: Instant::now() };
+        let memo = Memo { tally: Tally { policy: "p".into(), drifted: true, unhealthy: false }, status: super::super::status::Written::from_status(&Default::default()), written_at: Instant::now() };
         index.wrote(key("a", "web"), memo.clone(), false);
         index.wrote(key("b", "api"), memo.clone(), false);
         index.seeded = true;
@@ -855,9 +845,9 @@ mod tests {
         assert!(index.written(&key("a", "web")).is_none() && !index.seeded, "another leader may have written since");
         assert!(index.written(&key("b", "api")).is_some(), "a term of one shard keeps what another shard's says");
         let mut theirs = memo;
-        theirs.drifted = false;
+        theirs.tally.drifted = false;
         index.wrote(key("a", "web"), theirs, true);
-        assert!(!index.written(&key("a", "web")).unwrap().drifted, "the report's memo is taken");
+        assert!(!index.written(&key("a", "web")).unwrap().tally.drifted, "the report's memo is taken");
         // Its shard moves on: all of it goes, and only it.
         assert_eq!(index.forget_where(|ns| ns == "a"), vec![key("a", "web")]);
         assert!(index.written(&key("a", "web")).is_none() && index.written(&key("b", "api")).is_some());

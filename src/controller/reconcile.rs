@@ -479,7 +479,7 @@ impl Controller {
             let tallies = self.tallies.lock().expect("tallies");
             let (true, tallies) = &*tallies else { return Settled::Done };
             let last = self.policy_written.lock().expect("policy status memo");
-            decide::policy_writes(&policies, tallies.values().map(super::index::Tally::tally), &last, jiff::Timestamp::now())
+            decide::policy_writes(&policies, tallies.values(), &last, jiff::Timestamp::now())
         } else {
             let index = self.index();
             let last = self.policy_written.lock().expect("policy status memo");

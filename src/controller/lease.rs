@@ -333,8 +333,8 @@ pub async fn run(
 /// logged: the others then count one replica fewer, which moves shards but never makes two
 /// writers.
 async fn read(api: &Api<Lease>, identity: &str, shards: u32) -> Result<Listed, kube::Error> {
-    let leases: Vec<Lease> = api.list(&ListParams::default()).await?.items.into_iter().filter(|l| Seen::of(l).is_some()).collect();
-    let mut listed = Listed { seen: leases.iter().filter_map(Seen::of).collect(), leases };
+    let (seen, leases) = api.list(&ListParams::default()).await?.items.into_iter().filter_map(|l| Some((Seen::of(&l)?, l))).unzip();
+    let mut listed = Listed { seen, leases };
     if shards > 1 {
         let name = member_name(identity);
         let now = jiff::Timestamp::now().as_millisecond();

@@ -122,6 +122,7 @@ impl Controller {
     /// been overwritten by the holder before it, so their reports are read again (a new term)
     /// and every release of the shard is checked. With one shard, that is every release.
     fn gained(&self, k: u32) {
+        self.metrics.shards_held.set(self.writer.leadership.held().len() as f64);
         let shards = self.settings.shards;
         let of_k = |ns: &str| lease::shard_of(ns, shards) == k;
         self.index().new_term(of_k);
@@ -137,6 +138,7 @@ impl Controller {
     /// releases are another replica's, so what was kept for them goes, metrics series included
     /// (the new holder exports them). With one shard, a standby keeps checking.
     fn lost(&self, k: u32) {
+        self.metrics.shards_held.set(self.writer.leadership.held().len() as f64);
         let shards = self.settings.shards;
         if shards <= 1 {
             return;
@@ -282,15 +284,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     if settings.leader_elect {
         let (c, ns, id, l, stop2, me, me2) = (client.clone(), settings.namespace.clone(), settings.identity.clone(), leadership.clone(), stop.clone(), ctl.clone(), ctl.clone());
         tasks.spawn(async move {
-            let on_gain = move |k| {
-                me.metrics.shards_held.set(me.writer.leadership.held().len() as f64);
-                me.gained(k)
-            };
-            let on_lose = move |k| {
-                me2.metrics.shards_held.set(me2.writer.leadership.held().len() as f64);
-                me2.lost(k)
-            };
-            lease::run(c, ns, id, l, stop2, on_gain, on_lose).await
+            lease::run(c, ns, id, l, stop2, move |k| me.gained(k), move |k| me2.lost(k)).await
         });
     }
 

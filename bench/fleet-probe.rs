@@ -197,6 +197,11 @@ async fn metrics_page(port: u16) -> String {
     text.await.ok().flatten().unwrap_or_default()
 }
 
+/// `driftwatch_shards_held` on a metrics page; 0 when it is not there.
+fn shards_held(page: &str) -> usize {
+    page.lines().find_map(|l| l.strip_prefix("driftwatch_shards_held ")?.trim().parse::<f64>().ok()).unwrap_or(0.0) as usize
+}
+
 /// The controller's release checks so far (`driftwatch_checks_total`, every result), from its
 /// metrics endpoint; 0 when it cannot be read.
 async fn controller_checks() -> f64 {
@@ -678,8 +683,7 @@ async fn main() -> anyhow::Result<()> {
         let mut held = Vec::new();
         for k in 0..shards {
             let page = metrics_page(port(k)).await;
-            let value = |prefix: &str| page.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).unwrap_or(0.0);
-            held.push((value("driftwatch_shards_held ") as usize, page.lines().filter(|l| l.starts_with("helm_release_info{")).count()));
+            held.push((shards_held(&page), page.lines().filter(|l| l.starts_with("helm_release_info{")).count()));
         }
         // The last replica dies.
         let last = shards - 1;
@@ -689,8 +693,7 @@ async fn main() -> anyhow::Result<()> {
         while k0.elapsed() < Duration::from_secs(90) {
             let mut sum = 0;
             for k in 0..last {
-                let page = metrics_page(port(k)).await;
-                sum += page.lines().find(|l| l.starts_with("driftwatch_shards_held ")).and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).unwrap_or(0.0) as usize;
+                sum += shards_held(&metrics_page(port(k)).await);
             }
             if sum == shards {
                 took_over = Some(k0.elapsed().as_secs_f64());
